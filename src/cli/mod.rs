@@ -1,0 +1,35 @@
+//! The command line (design.md, "Command line"): one clap subcommand per file, each
+//! a thin adapter from flags to a library call and from its result to output and an
+//! exit code. `anyhow` lives here and in `main.rs` only.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use deprovision::telemetry::LogFormat;
+
+mod simulate;
+
+/// Deprovision terminated employees from Genesys Cloud through SCIM 2.0.
+#[derive(Debug, Parser)]
+#[command(name = "deprovision", version, about, long_about = None)]
+pub struct Cli {
+    /// Log line format on standard error.
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Genesys Cloud SCIM simulator on a port.
+    Simulate(simulate::SimulateArgs),
+}
+
+/// Runs one command to completion.
+pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Simulate(args) => simulate::run(args).await,
+    }
+}

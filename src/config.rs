@@ -1,0 +1,343 @@
+//! Typed settings, built once at start-up from flags, the environment and `.env`
+//! (flags win). This is the only module that reads the environment; everything else
+//! receives these structs. Secrets are held in [`SecretString`] so that `Debug`
+//! output and logs never show them.
+//!
+//! The names are design.md's ("Configuration"); the seed's names
+//! (`GENESYS_ORG_URL`, `PRIMARY_CLIENT_ID`, …) keep working.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use secrecy::SecretString;
+use url::Url;
+
+use crate::domain::EffectiveAt;
+
+/// A configuration value that cannot be used, naming the variable and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting is absent.
+    #[error("{name} is required: {why}")]
+    Missing {
+        name: &'static str,
+        why: &'static str,
+    },
+    /// A setting is present but unusable.
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Loads `.env` from the working directory, if there is one, into the process
+/// environment so that clap's `env` fallbacks see it. Variables already set win.
+/// Call once, before parsing the command line.
+pub fn load_dotenv() {
+    // A missing .env is the normal case in production (ECS injects variables).
+    let _ = dotenvy::dotenv();
+}
+
+/// Where the Genesys Cloud (or any SCIM 2.0) service is and how to authenticate.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScimArgs {
+    /// Genesys environment, e.g. `mypurecloud.com`, `usw2.pure.cloud`; gives
+    /// `https://api.<env>` and `https://login.<env>`.
+    #[arg(long, env = "GENESYS_REGION")]
+    pub genesys_region: Option<String>,
+    /// The seed's name for the API base (e.g. `https://api.mypurecloud.com`).
+    #[arg(long, env = "GENESYS_ORG_URL")]
+    pub genesys_org_url: Option<Url>,
+    /// Full API base URL (overrides the region; used for the simulator).
+    #[arg(long, env = "GENESYS_API_URL")]
+    pub genesys_api_url: Option<Url>,
+    /// Full login base URL (default: derived from the API host, `api.` → `login.`).
+    #[arg(long, env = "GENESYS_LOGIN_URL")]
+    pub genesys_login_url: Option<Url>,
+    /// OAuth client-credentials client used first.
+    #[arg(long, env = "PRIMARY_CLIENT_ID")]
+    pub primary_client_id: Option<String>,
+    /// Secret of the primary client.
+    #[arg(long, env = "PRIMARY_CLIENT_SECRET", hide_env_values = true)]
+    pub primary_client_secret: Option<SecretString>,
+    /// OAuth client used once per termination after a 403 to the primary one.
+    #[arg(long, env = "ELEVATED_CLIENT_ID")]
+    pub elevated_client_id: Option<String>,
+    /// Secret of the elevated client.
+    #[arg(long, env = "ELEVATED_CLIENT_SECRET", hide_env_values = true)]
+    pub elevated_client_secret: Option<SecretString>,
+    /// Base URL of any other SCIM 2.0 service (with `SCIM_BEARER_TOKEN`), e.g.
+    /// `http://127.0.0.1:8080/` — the path prefix before `Users`/`Groups`.
+    #[arg(long, env = "SCIM_BASE_URL")]
+    pub scim_base_url: Option<Url>,
+    /// Static bearer token for `SCIM_BASE_URL`.
+    #[arg(long, env = "SCIM_BEARER_TOKEN", hide_env_values = true)]
+    pub scim_bearer_token: Option<SecretString>,
+    /// Requests per minute across all workers (the shared limiter's starting budget).
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = NonZeroU32::new(300).expect("non-zero"))]
+    pub rate_limit_per_minute: NonZeroU32,
+    /// Also remove the user's roles in the deactivating PATCH.
+    #[arg(long, env = "REMOVE_ROLES", default_value_t = false)]
+    pub remove_roles: bool,
+    /// Per-request timeout, seconds.
+    #[arg(long, env = "SCIM_TIMEOUT_SECS", default_value_t = 30)]
+    pub scim_timeout_secs: u64,
+}
+
+/// Where the audit store is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditArgs {
+    /// `postgres://…` (production) or `sqlite://path` (embedded default).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://deprovision.db",
+        hide_env_values = true
+    )]
+    pub database_url: SecretString,
+    /// Skip applying migrations at start-up (apply them with `deprovision migrate`).
+    #[arg(long, env = "SKIP_MIGRATIONS", default_value_t = false)]
+    pub skip_migrations: bool,
+}
+
+/// How terminations are timed.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// IANA zone in which HR's date-only terminations are read.
+    #[arg(long, env = "HR_TIMEZONE", default_value = "UTC")]
+    pub hr_timezone: Tz,
+    /// Which moment of a date-only termination day takes effect.
+    #[arg(long, env = "TERMINATION_EFFECTIVE_AT", value_enum, default_value_t = EffectiveAt::StartOfDay)]
+    pub termination_effective_at: EffectiveAt,
+    /// Concurrent terminations in flight.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+}
+
+/// AWS resources (the SDK's own variables — `AWS_REGION`, `AWS_ENDPOINT_URL`, the
+/// credential chain — are read by the SDK itself).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AwsArgs {
+    /// Bucket of the seed's single-manifest mode.
+    #[arg(long, env = "S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Key of the seed's single-manifest mode.
+    #[arg(long, env = "S3_MANIFEST_KEY")]
+    pub s3_manifest_key: Option<String>,
+    /// Queue receiving S3 event notifications for new manifests.
+    #[arg(long, env = "MANIFEST_EVENTS_QUEUE_URL")]
+    pub manifest_events_queue_url: Option<String>,
+    /// Queue of one message per termination.
+    #[arg(long, env = "TERMINATIONS_QUEUE_URL")]
+    pub terminations_queue_url: Option<String>,
+    /// Dead-letter queue of the terminations queue.
+    #[arg(long, env = "DEAD_LETTER_QUEUE_URL")]
+    pub dead_letter_queue_url: Option<String>,
+}
+
+/// The resolved SCIM target: how to reach it and which credentials to use.
+#[derive(Debug, Clone)]
+pub enum ScimTarget {
+    /// Genesys Cloud (or its simulator): OAuth client credentials.
+    Genesys {
+        /// `https://api.<env>` (no trailing path); SCIM lives under
+        /// `/api/v2/scim/v2/`.
+        api_base: Url,
+        /// `https://login.<env>`; the token endpoint is `/oauth/token`.
+        login_base: Url,
+        /// The primary client.
+        primary: OAuthClient,
+        /// The elevated client, if configured.
+        elevated: Option<OAuthClient>,
+    },
+    /// Any SCIM 2.0 service with a static bearer token.
+    Static {
+        /// The SCIM base, ending in `/`.
+        base: Url,
+        /// The bearer token.
+        token: SecretString,
+    },
+}
+
+/// One OAuth client's credentials. `Debug` shows the id, never the secret.
+#[derive(Debug, Clone)]
+pub struct OAuthClient {
+    /// Client id (not a secret; appears in logs).
+    pub id: String,
+    /// Client secret.
+    pub secret: SecretString,
+}
+
+/// The Genesys API host for a region/environment name, e.g. `usw2.pure.cloud` →
+/// `https://api.usw2.pure.cloud` (genesys.md, "Hosts and regions"). Accepts the
+/// bare environment, or an AWS-style region name from the published table.
+pub fn api_base_for_region(region: &str) -> Result<Url, ConfigError> {
+    const REGIONS: &[(&str, &str)] = &[
+        ("us-east-1", "mypurecloud.com"),
+        ("us-east-2", "use2.us-gov-pure.cloud"),
+        ("us-west-2", "usw2.pure.cloud"),
+        ("ca-central-1", "cac1.pure.cloud"),
+        ("sa-east-1", "sae1.pure.cloud"),
+        ("mx-central-1", "mxc1.pure.cloud"),
+        ("eu-west-1", "mypurecloud.ie"),
+        ("eu-west-2", "euw2.pure.cloud"),
+        ("eu-central-1", "mypurecloud.de"),
+        ("eu-central-2", "euc2.pure.cloud"),
+        ("me-central-1", "mec1.pure.cloud"),
+        ("ap-south-1", "aps1.pure.cloud"),
+        ("ap-northeast-1", "mypurecloud.jp"),
+        ("ap-northeast-2", "apne2.pure.cloud"),
+        ("ap-northeast-3", "apne3.pure.cloud"),
+        ("ap-southeast-1", "apse1.pure.cloud"),
+        ("ap-southeast-2", "mypurecloud.com.au"),
+    ];
+    let region = region.trim().trim_end_matches('/');
+    let env = REGIONS
+        .iter()
+        .find(|(name, _)| *name == region)
+        .map(|(_, env)| *env)
+        .unwrap_or_else(|| region.strip_prefix("api.").unwrap_or(region));
+    if env.is_empty() || env.contains('/') || !env.contains('.') {
+        return Err(ConfigError::Invalid {
+            name: "GENESYS_REGION",
+            reason: format!("{region:?} is not a Genesys environment such as mypurecloud.com"),
+        });
+    }
+    Url::parse(&format!("https://api.{env}")).map_err(|e| ConfigError::Invalid {
+        name: "GENESYS_REGION",
+        reason: e.to_string(),
+    })
+}
+
+/// The login host for an API host: the first label `api` becomes `login`, as the
+/// official SDKs do; any other host keeps its origin (a simulator serves both).
+pub fn login_base_for_api(api: &Url) -> Url {
+    let mut login = api.clone();
+    if let Some(host) = api.host_str()
+        && let Some(rest) = host.strip_prefix("api.")
+    {
+        let _ = login.set_host(Some(&format!("login.{rest}")));
+    }
+    login.set_path("/");
+    login
+}
+
+impl ScimArgs {
+    /// Resolves which SCIM service to talk to. A static target wins when
+    /// `SCIM_BASE_URL` is set. Errors name the missing or invalid variable.
+    pub fn target(&self) -> Result<ScimTarget, ConfigError> {
+        if let Some(base) = &self.scim_base_url {
+            let token = self.scim_bearer_token.clone().ok_or(ConfigError::Missing {
+                name: "SCIM_BEARER_TOKEN",
+                why: "SCIM_BASE_URL is set",
+            })?;
+            let mut base = base.clone();
+            if !base.path().ends_with('/') {
+                let path = format!("{}/", base.path());
+                base.set_path(&path);
+            }
+            return Ok(ScimTarget::Static { base, token });
+        }
+        let api_base = match (
+            &self.genesys_api_url,
+            &self.genesys_org_url,
+            &self.genesys_region,
+        ) {
+            (Some(url), _, _) | (None, Some(url), _) => url.clone(),
+            (None, None, Some(region)) => api_base_for_region(region)?,
+            (None, None, None) => {
+                return Err(ConfigError::Missing {
+                    name: "GENESYS_REGION",
+                    why: "set GENESYS_REGION (or GENESYS_API_URL), or SCIM_BASE_URL with SCIM_BEARER_TOKEN",
+                });
+            }
+        };
+        let login_base = self
+            .genesys_login_url
+            .clone()
+            .unwrap_or_else(|| login_base_for_api(&api_base));
+        let primary = match (&self.primary_client_id, &self.primary_client_secret) {
+            (Some(id), Some(secret)) => OAuthClient {
+                id: id.clone(),
+                secret: secret.clone(),
+            },
+            (None, _) => {
+                return Err(ConfigError::Missing {
+                    name: "PRIMARY_CLIENT_ID",
+                    why: "Genesys Cloud needs an OAuth client",
+                });
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::Missing {
+                    name: "PRIMARY_CLIENT_SECRET",
+                    why: "PRIMARY_CLIENT_ID is set",
+                });
+            }
+        };
+        let elevated = match (&self.elevated_client_id, &self.elevated_client_secret) {
+            (Some(id), Some(secret)) => Some(OAuthClient {
+                id: id.clone(),
+                secret: secret.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::Missing {
+                    name: "ELEVATED_CLIENT_SECRET",
+                    why: "ELEVATED_CLIENT_ID is set",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Missing {
+                    name: "ELEVATED_CLIENT_ID",
+                    why: "ELEVATED_CLIENT_SECRET is set",
+                });
+            }
+        };
+        Ok(ScimTarget::Genesys {
+            api_base,
+            login_base,
+            primary,
+            elevated,
+        })
+    }
+
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.scim_timeout_secs.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn region_names_and_environments_give_api_and_login_hosts() {
+        let api = api_base_for_region("usw2.pure.cloud").unwrap();
+        assert_eq!(api.as_str(), "https://api.usw2.pure.cloud/");
+        assert_eq!(
+            login_base_for_api(&api).as_str(),
+            "https://login.usw2.pure.cloud/"
+        );
+        let api = api_base_for_region("eu-central-1").unwrap();
+        assert_eq!(api.as_str(), "https://api.mypurecloud.de/");
+        assert!(api_base_for_region("nowhere").is_err());
+    }
+
+    #[test]
+    fn simulator_urls_keep_their_origin() {
+        let api = Url::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(login_base_for_api(&api).as_str(), "http://127.0.0.1:8080/");
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let c = OAuthClient {
+            id: "primary".into(),
+            secret: SecretString::from("hunter2-very-secret"),
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(c.secret.expose_secret(), "hunter2-very-secret");
+    }
+}

@@ -1,0 +1,39 @@
+//! `deprovision`: removes terminated employees' access to Genesys Cloud through
+//! SCIM 2.0, fast, safely, and with an append-only audit.
+//!
+//! The modules follow one termination's path, in reading order:
+//!
+//! - [`config`]: typed settings from flags, environment and `.env`; the only reader
+//!   of the environment.
+//! - [`telemetry`]: tracing subscriber set-up (human or JSON lines).
+//! - [`domain`]: parsed types every stage shares (ids, record, idempotency key,
+//!   outcome).
+//! - [`manifest`]: streams an HR manifest (JSON array, NDJSON, CSV) into validated
+//!   records.
+//! - [`dispatch`]: turns S3 event notifications into one queue message per
+//!   termination.
+//! - [`queue`]: the message source/sink abstraction: SQS, and an in-process queue
+//!   for the embedded `run`.
+//! - [`consume`]: the worker loop: receive, deprovision, audit, then delete or
+//!   dead-letter.
+//! - [`engine`]: deprovisions one person: resolve, deactivate, strip groups,
+//!   verify, classify.
+//! - [`scim`]: the SCIM 2.0 client and the OAuth token provider.
+//! - [`limit`]: the shared, adaptive request-rate limiter.
+//! - [`audit`]: the append-only, hash-chained audit store (PostgreSQL, SQLite).
+//! - [`report`]: the weekly compliance summary and the evidence export.
+//! - [`sim`]: the Genesys Cloud SCIM simulator (`deprovision simulate`).
+
+pub mod audit;
+pub mod config;
+pub mod consume;
+pub mod dispatch;
+pub mod domain;
+pub mod engine;
+pub mod limit;
+pub mod manifest;
+pub mod queue;
+pub mod report;
+pub mod scim;
+pub mod sim;
+pub mod telemetry;

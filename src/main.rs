@@ -1,0 +1,35 @@
+//! The `deprovision` binary: loads `.env`, parses the command line, starts
+//! telemetry, runs one command and maps its result to an exit code. Everything
+//! else lives in the library.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    deprovision::config::load_dotenv();
+    let cli = cli::Cli::parse();
+    deprovision::telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    match runtime.block_on(cli::dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line; errors never carry
+            // secrets (secret types redact themselves).
+            tracing::error!(error = format!("{e:#}"), "command failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

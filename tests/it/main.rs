@@ -1,0 +1,5 @@
+//! The one integration-test binary. Each module is one capability, driven through
+//! real parts (PostgreSQL, moto's S3/SQS, scim2-server, the simulator) that
+//! `scripts/test.sh` starts; `support` finds them through the environment.
+
+mod support;
