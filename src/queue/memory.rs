@@ -211,7 +211,7 @@ impl MemoryQueue {
             }
         }
         drop(state);
-        if let Some(dlq) = &self.inner.dead_letter {
+        if let (Some(dlq), false) = (&self.inner.dead_letter, moved.is_empty()) {
             for m in moved {
                 // SQS keeps the body and attributes when it redrives.
                 dlq.push(&OutgoingMessage {
@@ -220,6 +220,7 @@ impl MemoryQueue {
                     delay: Duration::ZERO,
                 });
             }
+            // Only on a real change: waking our own long poll would spin it.
             self.inner.changed.notify_waiters();
         }
         (out, next_visible)
@@ -391,5 +392,18 @@ mod tests {
         .unwrap();
         assert!(q.receive(1, Duration::ZERO).await.unwrap().is_empty());
         assert_eq!(q.len(), 1);
+    }
+
+    /// Regression: with a dead-letter queue configured, every receive used to
+    /// wake its own long poll, which then spun without yielding, so a task
+    /// spawned on the same thread never ran to send the message being waited for.
+    #[tokio::test]
+    async fn long_poll_with_dead_letter_queue_yields_to_other_tasks() {
+        let dlq = MemoryQueue::new("dlq", LONG);
+        let q = MemoryQueue::with_dead_letter("q", LONG, dlq, 3);
+        let sender = q.clone();
+        tokio::spawn(async move { sender.send_batch(&[msg("hello")]).await });
+        let got = q.receive(1, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(got.len(), 1);
     }
 }
