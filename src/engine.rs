@@ -153,9 +153,15 @@ pub enum EngineError {
     /// The SCIM target settings are missing or invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The SCIM client could not be built.
+    /// The SCIM client could not be built (boxed: a rare, large error).
     #[error(transparent)]
-    Scim(#[from] ScimError),
+    Scim(Box<ScimError>),
+}
+
+impl From<ScimError> for EngineError {
+    fn from(e: ScimError) -> Self {
+        Self::Scim(Box::new(e))
+    }
 }
 
 /// The deprovisioning engine: one [`ScimClient`] (shared limiter, token caches)

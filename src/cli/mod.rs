@@ -27,13 +27,13 @@ pub enum Command {
     /// Run the Genesys Cloud SCIM simulator on a port.
     Simulate(simulate::SimulateArgs),
     /// Deprovision one person now: deactivate, strip groups, verify.
-    User(user::UserArgs),
+    User(Box<user::UserArgs>),
 }
 
 /// Runs one command to completion.
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Simulate(args) => simulate::run(args).await,
-        Command::User(args) => user::run(args).await,
+        Command::User(args) => user::run(*args).await,
     }
 }
