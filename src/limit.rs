@@ -41,6 +41,10 @@ pub struct Adaptation {
     /// How long the rate must stay undisturbed before each step back up.
     /// Default 10 s.
     pub increase_spacing: Duration,
+    /// The window the server's `inin-ratelimit-allowed` counts over: Genesys
+    /// Cloud's limits are per minute (genesys.md). A simulator with a shorter
+    /// window says so here, so `allowed` converts to the same per-minute rate.
+    pub server_window: Duration,
 }
 
 impl Default for Adaptation {
@@ -48,6 +52,7 @@ impl Default for Adaptation {
         Self {
             decrease_spacing: Duration::from_secs(5),
             increase_spacing: Duration::from_secs(10),
+            server_window: Duration::from_secs(60),
         }
     }
 }
@@ -58,7 +63,8 @@ impl Default for Adaptation {
 /// Adaptation (additive increase, multiplicative decrease):
 /// - a 429 ([`RateLimiter::on_rate_limited`]) halves the rate, at most once per
 ///   5 s (by default), and pauses every worker for the server's wait;
-/// - `inin-ratelimit-allowed` below the current rate lowers it to that value, and
+/// - `inin-ratelimit-allowed` (per the server's window, a minute on Genesys)
+///   below the current rate lowers it to that value, and
 ///   a window shown as used up (`count >= allowed`) pauses until
 ///   `inin-ratelimit-reset` ([`RateLimiter::observe`]);
 /// - after 10 s (by default) without a change, a successful response raises the rate
@@ -229,16 +235,19 @@ impl RateLimiter {
     /// Reads the server's own view of the budget from a response's
     /// `inin-ratelimit-allowed`, `inin-ratelimit-count` and `inin-ratelimit-reset`
     /// (seconds until the window resets), any of which may be absent. Lowers the
-    /// rate to `allowed`, pauses until the reset when the window is used up, and
-    /// otherwise counts the response as a success toward a slow increase.
+    /// rate to `allowed` (per [`Adaptation::server_window`], converted to a
+    /// minute), pauses everyone until the reset when the window is used up
+    /// (`count >= allowed`), and otherwise counts the response as a success
+    /// toward a slow increase.
     pub fn observe(&self, allowed: Option<u32>, count: Option<u32>, reset: Option<Duration>) {
         let now = Instant::now();
-        let allowed = allowed.and_then(NonZeroU32::new);
         if let (Some(allowed), Some(count), Some(reset)) = (allowed, count, reset)
-            && count >= allowed.get()
+            && allowed > 0
+            && count >= allowed
         {
             self.pause_for(reset);
         }
+        let allowed = allowed.and_then(|a| self.per_minute_of(a));
         let mut st = self.state();
         if let Some(allowed) = allowed {
             st.announced = Some(allowed);
@@ -256,6 +265,16 @@ impl RateLimiter {
         let now = Instant::now();
         let mut st = self.state();
         self.maybe_increase(&mut st, now);
+    }
+
+    /// `allowed` per server window as a per-minute rate.
+    fn per_minute_of(&self, allowed: u32) -> Option<NonZeroU32> {
+        let window = self.inner.adaptation.server_window.as_secs_f64();
+        if window <= 0.0 {
+            return None;
+        }
+        let per_minute = (f64::from(allowed) * 60.0 / window).round();
+        NonZeroU32::new(per_minute.clamp(0.0, f64::from(u32::MAX)) as u32)
     }
 
     fn maybe_increase(&self, st: &mut State, now: Instant) {
@@ -304,6 +323,7 @@ mod tests {
         Adaptation {
             decrease_spacing: Duration::ZERO,
             increase_spacing: Duration::ZERO,
+            ..Adaptation::default()
         }
     }
 
@@ -376,12 +396,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn allowed_counts_over_the_server_window() {
+        let limiter = RateLimiter::adaptive(
+            nz(600),
+            Adaptation {
+                server_window: Duration::from_secs(2),
+                ..eager()
+            },
+        );
+        // 5 per 2 s is 150 a minute.
+        limiter.observe(Some(5), Some(1), Some(Duration::from_secs(1)));
+        assert_eq!(limiter.current_per_minute(), 150);
+    }
+
+    #[tokio::test]
     async fn increases_are_spaced() {
         let limiter = RateLimiter::adaptive(
             nz(300),
             Adaptation {
                 decrease_spacing: Duration::ZERO,
                 increase_spacing: Duration::from_secs(3600),
+                ..Adaptation::default()
             },
         );
         limiter.on_rate_limited(Duration::from_millis(1));
