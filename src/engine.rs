@@ -557,3 +557,311 @@ impl Deprovision for Engine {
         async move { self.deprovision_subject(&subject, dry_run, deadline).await }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The engine's decisions against a scripted fake SCIM server, for answers
+    //! that real servers give only under races (version conflicts) or faults.
+    //! The end-to-end tests against scim2-server and the simulator live in
+    //! `tests/it/engine/`.
+
+    use super::*;
+    use std::collections::{HashMap, VecDeque};
+    use std::num::NonZeroU32;
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use axum::response::IntoResponse;
+    use secrecy::SecretString;
+    use serde_json::{Value, json};
+
+    use crate::config::ScimTarget;
+
+    type Reply = (u16, Vec<(&'static str, String)>, Value);
+
+    /// Replies scripted per `"METHOD /path"`; the last reply of a script
+    /// repeats. Every request is logged with its `If-Match` and body.
+    #[derive(Default)]
+    struct Fake {
+        script: Mutex<HashMap<String, VecDeque<Reply>>>,
+        log: Mutex<Vec<(String, Option<String>, Value)>>,
+    }
+
+    impl Fake {
+        fn on(&self, key: &str, replies: Vec<Reply>) {
+            self.script
+                .lock()
+                .unwrap()
+                .insert(key.to_owned(), replies.into());
+        }
+
+        fn requests(&self, key: &str) -> Vec<(Option<String>, Value)> {
+            self.log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(k, _, _)| k == key)
+                .map(|(_, m, b)| (m.clone(), b.clone()))
+                .collect()
+        }
+    }
+
+    fn ok(body: Value) -> Reply {
+        (200, vec![], body)
+    }
+
+    fn list(resources: Vec<Value>) -> Reply {
+        ok(json!({"totalResults": resources.len(), "Resources": resources}))
+    }
+
+    fn user(active: bool, version: &str) -> Value {
+        json!({"id": "u1", "externalId": "E1", "active": active, "meta": {"version": version}})
+    }
+
+    async fn serve(fake: Arc<Fake>) -> Engine {
+        let handler = {
+            let fake = Arc::clone(&fake);
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let fake = Arc::clone(&fake);
+                async move {
+                    let key = format!("{method} {}", uri.path());
+                    let if_match = headers
+                        .get("if-match")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    fake.log.lock().unwrap().push((key.clone(), if_match, body));
+                    let reply = {
+                        let mut script = fake.script.lock().unwrap();
+                        match script.get_mut(&key) {
+                            Some(q) if q.len() > 1 => q.pop_front(),
+                            Some(q) => q.front().cloned(),
+                            None => None,
+                        }
+                    };
+                    let (status, headers, body) =
+                        reply.unwrap_or((404, vec![], json!({"status": "404", "detail": key})));
+                    let mut response =
+                        (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+                    for (k, v) in headers {
+                        response.headers_mut().insert(k, v.parse().unwrap());
+                    }
+                    response
+                }
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = ScimClient::new(
+            &ScimTarget::Static {
+                base: url::Url::parse(&format!("http://{addr}/")).unwrap(),
+                token: SecretString::from("t"),
+            },
+            RateLimiter::per_minute(NonZeroU32::new(60_000).unwrap()),
+            ClientOptions {
+                min_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(50),
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap();
+        Engine::new(client, EngineOptions::default())
+    }
+
+    fn request() -> Request {
+        Request {
+            external_id: ExternalId::parse("E1").unwrap(),
+            user_id: None,
+            dry_run: false,
+            deadline: tokio::time::Instant::now() + Duration::from_secs(20),
+        }
+    }
+
+    /// An active user u1 (version `W/"1"`) in no group.
+    fn directory(fake: &Fake) {
+        fake.on("GET /Users", vec![list(vec![user(true, "W/\"1\"")])]);
+        fake.on("GET /Groups", vec![list(vec![])]);
+    }
+
+    #[tokio::test]
+    async fn a_version_conflict_rereads_once_and_retries_with_the_new_version() {
+        let fake = Arc::new(Fake::default());
+        directory(&fake);
+        fake.on(
+            "PATCH /Users/u1",
+            vec![
+                (409, vec![], json!({"status": "409", "detail": "stale"})),
+                ok(user(false, "W/\"3\"")),
+            ],
+        );
+        fake.on("GET /Users/u1", vec![ok(user(true, "W/\"2\""))]);
+        let report = serve(Arc::clone(&fake)).await.deprovision(&request()).await;
+        assert_eq!(report.outcome, Outcome::Deactivated, "{report:?}");
+        let patches = fake.requests("PATCH /Users/u1");
+        let versions: Vec<_> = patches.iter().map(|(m, _)| m.as_deref()).collect();
+        assert_eq!(versions, vec![Some("W/\"1\""), Some("W/\"2\"")]);
+        assert_eq!(fake.requests("GET /Users/u1").len(), 1, "one re-read");
+    }
+
+    #[tokio::test]
+    async fn a_second_conflict_is_a_permanent_failure() {
+        let fake = Arc::new(Fake::default());
+        directory(&fake);
+        fake.on(
+            "PATCH /Users/u1",
+            vec![(
+                400,
+                vec![],
+                json!({"status": "400", "scimType": "invalidVers"}),
+            )],
+        );
+        fake.on("GET /Users/u1", vec![ok(user(true, "W/\"2\""))]);
+        let report = serve(Arc::clone(&fake)).await.deprovision(&request()).await;
+        assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+        assert_eq!(report.status_code, Some(400));
+        assert_eq!(
+            fake.requests("PATCH /Users/u1").len(),
+            2,
+            "retried once only"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_identity_change_seen_on_the_reread_stops_everything() {
+        let fake = Arc::new(Fake::default());
+        directory(&fake);
+        fake.on(
+            "PATCH /Users/u1",
+            vec![(412, vec![], json!({"status": "412"}))],
+        );
+        fake.on(
+            "GET /Users/u1",
+            vec![ok(json!({"id": "u1", "externalId": "E2", "active": true}))],
+        );
+        let report = serve(Arc::clone(&fake)).await.deprovision(&request()).await;
+        assert_eq!(report.outcome, Outcome::IdentityMismatch, "{report:?}");
+        assert_eq!(fake.requests("PATCH /Users/u1").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_group_that_still_lists_the_user_after_200_is_not_success() {
+        let fake = Arc::new(Fake::default());
+        fake.on(
+            "GET /Users",
+            vec![list(vec![
+                json!({"id": "u1", "externalId": "E1", "active": true,
+                "groups": [{"value": "g1", "display": "Sales"}]}),
+            ])],
+        );
+        fake.on("PATCH /Users/u1", vec![ok(user(false, "W/\"2\""))]);
+        fake.on(
+            "PATCH /Groups/g1",
+            vec![ok(json!({"id": "g1", "members": [{"value": "u1"}]}))],
+        );
+        let report = serve(Arc::clone(&fake)).await.deprovision(&request()).await;
+        assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+        assert!(report.detail.unwrap().contains("still lists the user"));
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_and_bad_requests_are_not() {
+        let fake = Arc::new(Fake::default());
+        directory(&fake);
+        fake.on(
+            "PATCH /Users/u1",
+            vec![
+                (
+                    503,
+                    vec![],
+                    json!({"message": "busy", "code": "service.unavailable"}),
+                ),
+                (502, vec![], Value::Null),
+                ok(user(false, "W/\"2\"")),
+            ],
+        );
+        let report = serve(Arc::clone(&fake)).await.deprovision(&request()).await;
+        assert_eq!(report.outcome, Outcome::Deactivated, "{report:?}");
+        assert_eq!(fake.requests("PATCH /Users/u1").len(), 3);
+
+        let fake = Arc::new(Fake::default());
+        directory(&fake);
+        fake.on(
+            "PATCH /Users/u1",
+            vec![(
+                400,
+                vec![],
+                json!({"message": "Value [x] is not valid", "code": "invalid.value", "status": 400}),
+            )],
+        );
+        let report = serve(Arc::clone(&fake)).await.deprovision(&request()).await;
+        assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+        assert!(report.detail.unwrap().contains("invalid.value"));
+        assert_eq!(fake.requests("PATCH /Users/u1").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_429_without_any_hint_backs_off_and_then_succeeds() {
+        let fake = Arc::new(Fake::default());
+        directory(&fake);
+        fake.on(
+            "PATCH /Users/u1",
+            vec![
+                (
+                    429,
+                    vec![("retry-after", "whenever".into())],
+                    json!({"message": "slow down", "code": "too.many.requests"}),
+                ),
+                ok(user(false, "W/\"2\"")),
+            ],
+        );
+        let engine = serve(Arc::clone(&fake)).await;
+        let report = engine.deprovision(&request()).await;
+        assert_eq!(report.outcome, Outcome::Deactivated, "{report:?}");
+        assert_eq!(fake.requests("PATCH /Users/u1").len(), 2);
+        assert!(
+            engine.client().limiter().current_per_minute() < 60_000,
+            "the shared limiter did not slow down"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_429_past_the_deadline_asks_for_a_retry_with_the_wait() {
+        let fake = Arc::new(Fake::default());
+        directory(&fake);
+        fake.on(
+            "PATCH /Users/u1",
+            vec![(429, vec![("retry-after", "3600".into())], Value::Null)],
+        );
+        let report = serve(Arc::clone(&fake)).await.deprovision(&request()).await;
+        assert_eq!(report.outcome, Outcome::Retrying, "{report:?}");
+        assert_eq!(report.retry_after, Some(Duration::from_secs(3600)));
+        assert_eq!(report.status_code, Some(429));
+    }
+
+    #[tokio::test]
+    async fn a_group_gone_during_removal_is_confirmed_by_read_back() {
+        let fake = Arc::new(Fake::default());
+        fake.on(
+            "GET /Users",
+            vec![list(vec![
+                json!({"id": "u1", "externalId": "E1", "active": true,
+                "groups": [{"value": "g1"}]}),
+            ])],
+        );
+        fake.on("PATCH /Users/u1", vec![ok(user(false, "W/\"2\""))]);
+        // No script for PATCH /Groups/g1: the fake answers 404.
+        fake.on(
+            "GET /Users/u1",
+            vec![ok(
+                json!({"id": "u1", "externalId": "E1", "active": false, "groups": []}),
+            )],
+        );
+        let report = serve(Arc::clone(&fake)).await.deprovision(&request()).await;
+        assert_eq!(report.outcome, Outcome::Deactivated, "{report:?}");
+        assert!(report.groups_removed.is_empty());
+        assert_eq!(fake.requests("GET /Users/u1").len(), 1, "one read-back");
+    }
+}
