@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use deprovision::telemetry::LogFormat;
 
 mod simulate;
+mod user;
 
 /// Deprovision terminated employees from Genesys Cloud through SCIM 2.0.
 #[derive(Debug, Parser)]
@@ -25,11 +26,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the Genesys Cloud SCIM simulator on a port.
     Simulate(simulate::SimulateArgs),
+    /// Deprovision one person now: deactivate, strip groups, verify.
+    User(Box<user::UserArgs>),
 }
 
 /// Runs one command to completion.
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Simulate(args) => simulate::run(args).await,
+        Command::User(args) => user::run(*args).await,
     }
 }
