@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use deprovision::telemetry::LogFormat;
 
+mod audit;
+mod migrate;
+mod report;
 mod simulate;
 
 /// Deprovision terminated employees from Genesys Cloud through SCIM 2.0.
@@ -25,11 +28,20 @@ pub struct Cli {
 pub enum Command {
     /// Run the Genesys Cloud SCIM simulator on a port.
     Simulate(simulate::SimulateArgs),
+    /// Apply the audit migrations to DATABASE_URL.
+    Migrate(migrate::MigrateArgs),
+    /// Compliance reports: weekly summary with SLA, evidence export.
+    Report(report::ReportArgs),
+    /// Audit log integrity: verify the hash chain.
+    Audit(audit::AuditCommandArgs),
 }
 
 /// Runs one command to completion.
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Simulate(args) => simulate::run(args).await,
+        Command::Migrate(args) => migrate::run(args).await,
+        Command::Report(args) => report::run(args).await,
+        Command::Audit(args) => audit::run(args).await,
     }
 }
