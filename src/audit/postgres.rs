@@ -210,7 +210,9 @@ impl PgStore {
             row_columns!("l."),
             " FROM scim_audit_log l JOIN t ON ",
             termination_key!("l."),
-            " = t.k ORDER BY l.id"
+            " = t.k WHERE ",
+            termination_row!(),
+            " ORDER BY l.id"
         ))
         .bind(first_seen.start)
         .bind(first_seen.end)

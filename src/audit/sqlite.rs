@@ -220,7 +220,9 @@ impl SqliteStore {
             row_columns!("l."),
             " FROM scim_audit_log l JOIN t ON ",
             termination_key!("l."),
-            " = t.k ORDER BY l.id"
+            " = t.k WHERE ",
+            termination_row!(),
+            " ORDER BY l.id"
         ))
         .bind(chain::instant_text(first_seen.start))
         .bind(chain::instant_text(first_seen.end))
