@@ -3,11 +3,28 @@
 //! embedded default, chosen by the `DATABASE_URL` scheme, with the same behaviour
 //! and the same database-enforced append-only guarantees on both. This module never
 //! updates or deletes a row; it knows nothing about SCIM or queues.
+//!
+//! - [`chain`]: the canonical row content and the SHA-256 chain (pure).
+//! - `postgres` / `sqlite`: the two backends (SQL, locking, type mapping).
+//!
+//! Stored instants are UTC with millisecond precision on both backends: PostgreSQL
+//! `timestamptz` bound from a Rust `DateTime<Utc>` (so the session `TimeZone` of the
+//! writer never changes the instant), SQLite RFC 3339 text such as
+//! `2026-03-02T04:30:00.000Z` (fixed width, so text order is time order).
 
-use chrono::{DateTime, Utc};
+pub mod chain;
+mod postgres;
+mod sqlite;
+
+use std::ops::Range;
+
+use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 
+use crate::config::AuditArgs;
 use crate::domain::{Credential, IdempotencyKey, Outcome};
+
+pub use chain::{BreakReason, BrokenRow, VerifyReport};
 
 /// Where a termination came from: the manifest object and the record's position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -61,4 +78,505 @@ pub struct AuditEntry {
     pub idempotency_key: Option<IdempotencyKey>,
     /// Who ran an operator action (`approve`, `reject`, `replay`), else `None`.
     pub actor: Option<String>,
+}
+
+/// Actions whose rows are not about one termination; reports skip them.
+pub const NON_TERMINATION_ACTIONS: [&str; 4] = ["manifest", "replay", "approve", "reject"];
+
+/// Why the audit store failed. Messages name the row, termination or URL involved
+/// (URLs without their password) and never carry secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// `DATABASE_URL` is neither `postgres://`/`postgresql://` nor `sqlite:`.
+    #[error(
+        "DATABASE_URL {url} has an unsupported scheme: use postgres://… or sqlite://path (or sqlite::memory:)"
+    )]
+    UnsupportedScheme {
+        /// The URL without its password.
+        url: String,
+    },
+    /// The database could not be reached or the URL could not be parsed.
+    #[error("cannot connect to the audit database {url}: {source}")]
+    Connect {
+        /// The URL without its password.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying the embedded migrations failed.
+    #[error("cannot apply the audit migrations: {source}")]
+    Migrate {
+        /// sqlx's migration error.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// Appending a row failed; nothing was written (the insert is one transaction).
+    #[error(
+        "cannot append the audit row for {subject} (action {action}, outcome {outcome}): {source}"
+    )]
+    Append {
+        /// `externalId …`, `idempotency key …` or `a manifest-level row`.
+        subject: String,
+        /// The row's action.
+        action: String,
+        /// The row's outcome.
+        outcome: Outcome,
+        /// The driver's error (e.g. permission denied, connection lost).
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A read query failed.
+    #[error("cannot read the audit log ({what}): {source} (has `deprovision migrate` been run?)")]
+    Read {
+        /// Which read.
+        what: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A stored value cannot be turned back into its domain type.
+    #[error("audit row {id} has an unreadable {column}: {value:?}")]
+    Corrupt {
+        /// The row id.
+        id: i64,
+        /// The column.
+        column: &'static str,
+        /// The stored value.
+        value: String,
+    },
+}
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// PostgreSQL (production).
+    Postgres,
+    /// SQLite (embedded default).
+    Sqlite,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Postgres(postgres::PgStore),
+    Sqlite(sqlite::SqliteStore),
+}
+
+/// The audit store: a pooled connection to PostgreSQL or SQLite. `Send + Sync`,
+/// cheap to clone (clones share the pool).
+#[derive(Clone)]
+pub struct AuditStore {
+    backend: Backend,
+}
+
+impl std::fmt::Debug for AuditStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditStore")
+            .field("backend", &self.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One termination as the weekly report needs it: when it was first seen, and its
+/// reported outcome (the latest terminal one, else the latest one) with when that
+/// was recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TerminationSummary {
+    /// `created_at` of the termination's first row.
+    pub first_seen_at: DateTime<Utc>,
+    /// The reported outcome.
+    pub outcome: Outcome,
+    /// `created_at` of the row that recorded it (for success: the confirmed
+    /// deactivation time).
+    pub decided_at: DateTime<Utc>,
+    /// The termination's effective time, if any row recorded one.
+    pub effective_at: Option<DateTime<Utc>>,
+}
+
+/// A stored row read back: its id, instant, content and hash.
+#[derive(Debug, Clone)]
+pub struct StoredRow {
+    /// The row id (chain order).
+    pub id: i64,
+    /// When the store wrote it.
+    pub created_at: DateTime<Utc>,
+    /// What was written (timestamps at millisecond precision).
+    pub entry: AuditEntry,
+    /// The row's chain hash.
+    pub row_hash: String,
+}
+
+/// SQL fragments shared by both backends. They are macros, not constants, so that
+/// `concat!` can build `&'static str` queries (sqlx only accepts static SQL).
+macro_rules! termination_row {
+    () => {
+        "action NOT IN ('manifest', 'replay', 'approve', 'reject') \
+         AND (idempotency_key IS NOT NULL OR external_id IS NOT NULL)"
+    };
+}
+macro_rules! terminal_outcome {
+    () => {
+        "outcome NOT IN ('retrying', 'scheduled', 'held', 'dry_run')"
+    };
+}
+macro_rules! termination_key {
+    ($prefix:literal) => {
+        concat!(
+            "COALESCE(",
+            $prefix,
+            "idempotency_key, 'x:' || ",
+            $prefix,
+            "external_id)"
+        )
+    };
+}
+macro_rules! row_columns {
+    ($prefix:literal) => {
+        concat!(
+            $prefix,
+            "id, ",
+            $prefix,
+            "external_id, ",
+            $prefix,
+            "user_id, ",
+            $prefix,
+            "action, ",
+            $prefix,
+            "status_code, ",
+            $prefix,
+            "success, ",
+            $prefix,
+            "error_message, ",
+            $prefix,
+            "created_at, ",
+            $prefix,
+            "outcome, ",
+            $prefix,
+            "credential, ",
+            $prefix,
+            "groups_removed, ",
+            $prefix,
+            "attempt, ",
+            $prefix,
+            "sqs_message_id, ",
+            $prefix,
+            "manifest_bucket, ",
+            $prefix,
+            "manifest_key, ",
+            $prefix,
+            "manifest_version, ",
+            $prefix,
+            "manifest_index, ",
+            $prefix,
+            "effective_at, ",
+            $prefix,
+            "correlation_ids, ",
+            $prefix,
+            "duration_ms, ",
+            $prefix,
+            "idempotency_key, ",
+            $prefix,
+            "actor, ",
+            $prefix,
+            "prev_hash, ",
+            $prefix,
+            "row_hash"
+        )
+    };
+}
+pub(crate) use {row_columns, terminal_outcome, termination_key, termination_row};
+
+/// The earliest and latest instants a query bound may take on both backends
+/// (PostgreSQL's `timestamptz` cannot hold chrono's extremes).
+fn unbounded() -> Range<DateTime<Utc>> {
+    let lo = Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).single();
+    let hi = Utc.with_ymd_and_hms(9999, 12, 31, 0, 0, 0).single();
+    lo.unwrap_or(DateTime::<Utc>::MIN_UTC)..hi.unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `url` with any password removed, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparseable URL>".to_owned(),
+    }
+}
+
+fn subject(entry: &AuditEntry) -> String {
+    match (&entry.external_id, &entry.idempotency_key) {
+        (Some(e), _) => format!("externalId {e:?}"),
+        (None, Some(k)) => format!("idempotency key {k}"),
+        (None, None) => "a manifest-level row".to_owned(),
+    }
+}
+
+impl AuditStore {
+    /// Connects to `url`: `postgres://…`/`postgresql://…` (PostgreSQL),
+    /// `sqlite://path` (created if missing; WAL journal), or `sqlite::memory:` (one
+    /// private in-memory database, lost when the store is dropped). Does not migrate.
+    ///
+    /// Errors: [`AuditError::UnsupportedScheme`], [`AuditError::Connect`].
+    pub async fn connect(url: &str) -> Result<Self, AuditError> {
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(postgres::PgStore::connect(url).await?)
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite(sqlite::SqliteStore::connect(url).await?)
+        } else {
+            return Err(AuditError::UnsupportedScheme { url: redact(url) });
+        };
+        Ok(Self { backend })
+    }
+
+    /// The start-up helper: connects to `DATABASE_URL` and applies the migrations
+    /// unless `SKIP_MIGRATIONS` is set (a worker running as the least-privilege role
+    /// cannot create tables; it sets `SKIP_MIGRATIONS=true` and an owner runs
+    /// `deprovision migrate`).
+    pub async fn open(args: &AuditArgs) -> Result<Self, AuditError> {
+        use secrecy::ExposeSecret;
+        let store = Self::connect(args.database_url.expose_secret()).await?;
+        if !args.skip_migrations {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+
+    /// Which backend this store uses.
+    pub fn kind(&self) -> BackendKind {
+        match &self.backend {
+            Backend::Postgres(_) => BackendKind::Postgres,
+            Backend::Sqlite(_) => BackendKind::Sqlite,
+        }
+    }
+
+    /// Applies the embedded migrations (`migrations/postgres` or
+    /// `migrations/sqlite`); idempotent and safe to run from several processes at
+    /// once (sqlx takes a lock). Errors: [`AuditError::Migrate`].
+    pub async fn migrate(&self) -> Result<(), AuditError> {
+        match &self.backend {
+            Backend::Postgres(s) => s.migrate().await,
+            Backend::Sqlite(s) => s.migrate().await,
+        }
+    }
+
+    /// Appends one row, created now; returns its id. See [`AuditStore::append_at`].
+    pub async fn append(&self, entry: &AuditEntry) -> Result<i64, AuditError> {
+        self.append_at(entry, Utc::now()).await
+    }
+
+    /// Appends one row with `created_at` = `created_at` (truncated to milliseconds);
+    /// returns its id. The chain head is read and the row written in one
+    /// transaction under the chain lock (PostgreSQL `pg_advisory_xact_lock`, SQLite
+    /// `BEGIN IMMEDIATE`), so concurrent writers in any number of processes never
+    /// fork the chain. Ids grow in chain order. `append` is the normal entry point;
+    /// this one exists for imports, tests and benchmarks that need a given instant.
+    ///
+    /// Errors: [`AuditError::Append`], in which case nothing was written.
+    pub async fn append_at(
+        &self,
+        entry: &AuditEntry,
+        created_at: DateTime<Utc>,
+    ) -> Result<i64, AuditError> {
+        let result = match &self.backend {
+            Backend::Postgres(s) => s.append(entry, created_at).await,
+            Backend::Sqlite(s) => s.append(entry, created_at).await,
+        };
+        result.map_err(|source| AuditError::Append {
+            subject: subject(entry),
+            action: entry.action.clone(),
+            outcome: entry.outcome,
+            source,
+        })
+    }
+
+    /// The latest *terminal* outcome recorded for this termination, if any; the
+    /// consumer checks it so that a redelivered message is neither deprovisioned
+    /// nor counted twice. Errors: [`AuditError::Read`], [`AuditError::Corrupt`].
+    pub async fn latest_terminal_outcome(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Outcome>, AuditError> {
+        let found = match &self.backend {
+            Backend::Postgres(s) => s.latest_terminal_outcome(key.as_str()).await,
+            Backend::Sqlite(s) => s.latest_terminal_outcome(key.as_str()).await,
+        }
+        .map_err(|source| AuditError::Read {
+            what: "latest terminal outcome",
+            source,
+        })?;
+        found
+            .map(|(id, raw)| {
+                Outcome::parse(&raw).ok_or(AuditError::Corrupt {
+                    id,
+                    column: "outcome",
+                    value: raw,
+                })
+            })
+            .transpose()
+    }
+
+    /// Walks the whole chain in id order (streaming, constant memory) and reports
+    /// every row whose `prev_hash` or `row_hash` is wrong, the first one first.
+    /// Errors: [`AuditError::Read`].
+    pub async fn verify(&self) -> Result<VerifyReport, AuditError> {
+        match &self.backend {
+            Backend::Postgres(s) => s.verify().await,
+            Backend::Sqlite(s) => s.verify().await,
+        }
+        .map_err(|source| AuditError::Read {
+            what: "verify",
+            source,
+        })
+    }
+
+    /// Every termination first seen in `first_seen` (half-open), considering only
+    /// rows created at or before `as_of`: its first instant, its reported outcome
+    /// (latest terminal, else latest) and its effective time. A termination is all
+    /// rows sharing an idempotency key, or (rows without one) an externalId;
+    /// manifest and operator rows are not terminations.
+    /// Errors: [`AuditError::Read`], [`AuditError::Corrupt`].
+    pub async fn terminations(
+        &self,
+        first_seen: Range<DateTime<Utc>>,
+        as_of: DateTime<Utc>,
+    ) -> Result<Vec<TerminationSummary>, AuditError> {
+        match &self.backend {
+            Backend::Postgres(s) => s.terminations(first_seen, as_of).await,
+            Backend::Sqlite(s) => s.terminations(first_seen, as_of).await,
+        }
+    }
+
+    /// Every row (in id order) of the terminations first seen at or after `from`
+    /// and before `to` (`None` = unbounded), for the evidence export.
+    /// Errors: [`AuditError::Read`], [`AuditError::Corrupt`].
+    pub async fn termination_rows(
+        &self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<Vec<StoredRow>, AuditError> {
+        let all = unbounded();
+        let range = from.unwrap_or(all.start)..to.unwrap_or(all.end);
+        let raw = match &self.backend {
+            Backend::Postgres(s) => s.termination_rows(range).await,
+            Backend::Sqlite(s) => s.termination_rows(range).await,
+        }
+        .map_err(|source| AuditError::Read {
+            what: "termination rows",
+            source,
+        })?;
+        raw.into_iter()
+            .map(|c| stored_row(c.content, c.row_hash))
+            .collect()
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Postgres(s) => s.close().await,
+            Backend::Sqlite(s) => s.close().await,
+        }
+    }
+}
+
+fn parse_instant(id: i64, column: &'static str, raw: &str) -> Result<DateTime<Utc>, AuditError> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| AuditError::Corrupt {
+            id,
+            column,
+            value: raw.to_owned(),
+        })
+}
+
+fn parse_outcome(id: i64, raw: &str) -> Result<Outcome, AuditError> {
+    Outcome::parse(raw).ok_or_else(|| AuditError::Corrupt {
+        id,
+        column: "outcome",
+        value: raw.to_owned(),
+    })
+}
+
+/// Rebuilds the typed row from its stored content.
+fn stored_row(c: chain::RowContent, row_hash: String) -> Result<StoredRow, AuditError> {
+    let id = c.id;
+    let corrupt = |column: &'static str, value: String| AuditError::Corrupt { id, column, value };
+    let credential = match c.credential.as_deref() {
+        None => None,
+        Some("primary") => Some(Credential::Primary),
+        Some("elevated") => Some(Credential::Elevated),
+        Some("static") => Some(Credential::Static),
+        Some(other) => return Err(corrupt("credential", other.to_owned())),
+    };
+    let idempotency_key = c
+        .idempotency_key
+        .as_deref()
+        .map(IdempotencyKey::from_hex)
+        .transpose()
+        .map_err(|v| corrupt("idempotency_key", v))?;
+    let manifest = match (c.manifest_bucket, c.manifest_key) {
+        (Some(bucket), Some(key)) => Some(ManifestOrigin {
+            bucket,
+            key,
+            version: c.manifest_version,
+            index: c.manifest_index.and_then(|i| u64::try_from(i).ok()),
+        }),
+        _ => None,
+    };
+    let entry = AuditEntry {
+        external_id: c.external_id,
+        user_id: c.user_id,
+        action: c.action,
+        status_code: c.status_code.and_then(|s| u16::try_from(s).ok()),
+        success: c.success,
+        error_message: c.error_message,
+        outcome: parse_outcome(id, &c.outcome)?,
+        credential,
+        groups_removed: c.groups_removed,
+        attempt: u32::try_from(c.attempt).unwrap_or(u32::MAX),
+        sqs_message_id: c.sqs_message_id,
+        manifest,
+        effective_at: c
+            .effective_at
+            .as_deref()
+            .map(|t| parse_instant(id, "effective_at", t))
+            .transpose()?,
+        correlation_ids: c.correlation_ids,
+        duration_ms: c.duration_ms.and_then(|d| u64::try_from(d).ok()),
+        idempotency_key,
+        actor: c.actor,
+    };
+    Ok(StoredRow {
+        id,
+        created_at: parse_instant(id, "created_at", &c.created_at)?,
+        entry,
+        row_hash,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_terminal_list_matches_the_domain() {
+        let sql = terminal_outcome!();
+        for o in Outcome::ALL {
+            let listed = sql.contains(&format!("'{}'", o.as_str()));
+            assert_eq!(listed, !o.is_terminal(), "{o} in {sql}");
+        }
+        for a in NON_TERMINATION_ACTIONS {
+            assert!(termination_row!().contains(&format!("'{a}'")));
+        }
+    }
+
+    #[test]
+    fn redact_hides_passwords() {
+        let r = redact("postgres://worker:s3cret@db.internal:5432/audit");
+        assert!(!r.contains("s3cret"), "{r}");
+        assert!(r.contains("db.internal"), "{r}");
+    }
 }

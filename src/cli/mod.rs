@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use deprovision::telemetry::LogFormat;
 
+mod audit;
+mod migrate;
+mod report;
 mod simulate;
 mod user;
 
@@ -28,6 +31,12 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Deprovision one person now: deactivate, strip groups, verify.
     User(Box<user::UserArgs>),
+    /// Apply the audit migrations to DATABASE_URL.
+    Migrate(migrate::MigrateArgs),
+    /// Compliance reports: weekly summary with SLA, evidence export.
+    Report(report::ReportArgs),
+    /// Audit log integrity: verify the hash chain.
+    Audit(audit::AuditCommandArgs),
 }
 
 /// Runs one command to completion.
@@ -35,5 +44,8 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Simulate(args) => simulate::run(args).await,
         Command::User(args) => user::run(*args).await,
+        Command::Migrate(args) => migrate::run(args).await,
+        Command::Report(args) => report::run(args).await,
+        Command::Audit(args) => audit::run(args).await,
     }
 }

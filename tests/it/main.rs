@@ -2,5 +2,7 @@
 //! real parts (PostgreSQL, moto's S3/SQS, scim2-server, the simulator) that
 //! `scripts/test.sh` starts; `support` finds them through the environment.
 
+mod audit;
 mod engine;
+mod report;
 mod support;

@@ -1,0 +1,260 @@
+//! The PostgreSQL backend of the audit store: connection pool, the embedded
+//! `migrations/postgres`, the chained insert under `pg_advisory_xact_lock`, and the
+//! read queries the consumer and the reports use. Only INSERT and SELECT statements
+//! touch `scim_audit_log` here; the shared semantics live in `super` and `chain`.
+
+use std::ops::Range;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{Row, migrate::Migrator};
+
+use super::chain::{self, ChainWalker, RowContent, StoredChainRow, VerifyReport};
+use super::{
+    AuditEntry, AuditError, TerminationSummary, parse_outcome, redact, row_columns,
+    terminal_outcome, termination_key, termination_row,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The advisory-lock key that serialises chain appends within one database
+/// ("SCIMAUDT" in ASCII). Advisory locks are per database, so stores on other
+/// databases of the same cluster never contend.
+const CHAIN_LOCK_KEY: i64 = 0x5343_494D_4155_4454;
+
+#[derive(Clone)]
+pub(super) struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub(super) async fn connect(url: &str) -> Result<Self, AuditError> {
+        let err = |source| AuditError::Connect {
+            url: redact(url),
+            source,
+        };
+        let options = PgConnectOptions::from_str(url).map_err(err)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .map_err(err)?;
+        Ok(Self { pool })
+    }
+
+    pub(super) async fn migrate(&self) -> Result<(), AuditError> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|source| AuditError::Migrate { source })
+    }
+
+    pub(super) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(super) async fn append(
+        &self,
+        entry: &AuditEntry,
+        created_at: DateTime<Utc>,
+    ) -> Result<i64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHAIN_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        // Under the lock: nothing else can append between reading the head and
+        // inserting, and the id taken here is larger than every committed one.
+        let (prev, id): (Option<String>, i64) = sqlx::query_as(
+            "SELECT (SELECT row_hash FROM scim_audit_log ORDER BY id DESC LIMIT 1), \
+                    nextval('scim_audit_log_id_seq')",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let prev = prev.unwrap_or_else(|| chain::GENESIS_HASH.to_owned());
+        let stored_at = chain::to_stored_instant(created_at);
+        let c = RowContent::from_entry(entry, id, stored_at);
+        let row_hash = c.hash(&prev);
+        sqlx::query(
+            "INSERT INTO scim_audit_log (id, external_id, user_id, action, status_code, success, \
+               error_message, created_at, outcome, credential, groups_removed, attempt, \
+               sqs_message_id, manifest_bucket, manifest_key, manifest_version, manifest_index, \
+               effective_at, correlation_ids, duration_ms, idempotency_key, actor, prev_hash, row_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+               $18, $19, $20, $21, $22, $23, $24)",
+        )
+        .bind(id)
+        .bind(&c.external_id)
+        .bind(&c.user_id)
+        .bind(&c.action)
+        .bind(c.status_code.and_then(|s| i32::try_from(s).ok()))
+        .bind(c.success)
+        .bind(&c.error_message)
+        .bind(stored_at)
+        .bind(&c.outcome)
+        .bind(&c.credential)
+        .bind(Json(&c.groups_removed))
+        .bind(c.attempt)
+        .bind(&c.sqs_message_id)
+        .bind(&c.manifest_bucket)
+        .bind(&c.manifest_key)
+        .bind(&c.manifest_version)
+        .bind(c.manifest_index)
+        .bind(entry.effective_at.map(chain::to_stored_instant))
+        .bind(Json(&c.correlation_ids))
+        .bind(c.duration_ms)
+        .bind(&c.idempotency_key)
+        .bind(&c.actor)
+        .bind(&prev)
+        .bind(&row_hash)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub(super) async fn latest_terminal_outcome(
+        &self,
+        key: &str,
+    ) -> Result<Option<(i64, String)>, sqlx::Error> {
+        sqlx::query_as(concat!(
+            "SELECT id, outcome FROM scim_audit_log WHERE idempotency_key = $1 AND ",
+            terminal_outcome!(),
+            " ORDER BY id DESC LIMIT 1"
+        ))
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    pub(super) async fn verify(&self) -> Result<VerifyReport, sqlx::Error> {
+        let mut walker = ChainWalker::default();
+        let mut rows = sqlx::query(concat!(
+            "SELECT ",
+            row_columns!(""),
+            " FROM scim_audit_log ORDER BY id"
+        ))
+        .fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            match decode(&row) {
+                Ok(r) => walker.push(&r),
+                Err(e) => walker.push_unreadable(
+                    row.try_get("id")?,
+                    row.try_get("row_hash").ok(),
+                    e.to_string(),
+                ),
+            }
+        }
+        Ok(walker.finish())
+    }
+
+    pub(super) async fn terminations(
+        &self,
+        first_seen: Range<DateTime<Utc>>,
+        as_of: DateTime<Utc>,
+    ) -> Result<Vec<TerminationSummary>, AuditError> {
+        let rows: Vec<(
+            i64,
+            DateTime<Utc>,
+            Option<DateTime<Utc>>,
+            String,
+            DateTime<Utc>,
+        )> = sqlx::query_as(concat!(
+            "WITH t AS (SELECT min(created_at) AS first_at, max(effective_at) AS effective_at, \
+                   COALESCE(max(id) FILTER (WHERE ",
+            terminal_outcome!(),
+            "), max(id)) AS pick FROM scim_audit_log WHERE created_at <= $3 AND ",
+            termination_row!(),
+            " GROUP BY ",
+            termination_key!(""),
+            " HAVING min(created_at) >= $1 AND min(created_at) < $2) \
+                 SELECT l.id, t.first_at, t.effective_at, l.outcome, l.created_at \
+                 FROM t JOIN scim_audit_log l ON l.id = t.pick"
+        ))
+        .bind(first_seen.start)
+        .bind(first_seen.end)
+        .bind(as_of)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| AuditError::Read {
+            what: "terminations",
+            source,
+        })?;
+        rows.into_iter()
+            .map(|(id, first_seen_at, effective_at, outcome, decided_at)| {
+                Ok(TerminationSummary {
+                    first_seen_at,
+                    outcome: parse_outcome(id, &outcome)?,
+                    decided_at,
+                    effective_at,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn termination_rows(
+        &self,
+        first_seen: Range<DateTime<Utc>>,
+    ) -> Result<Vec<StoredChainRow>, sqlx::Error> {
+        let rows = sqlx::query(concat!(
+            "WITH t AS (SELECT ",
+            termination_key!(""),
+            " AS k FROM scim_audit_log WHERE ",
+            termination_row!(),
+            " GROUP BY 1 HAVING min(created_at) >= $1 AND min(created_at) < $2) SELECT ",
+            row_columns!("l."),
+            " FROM scim_audit_log l JOIN t ON ",
+            termination_key!("l."),
+            " = t.k WHERE ",
+            termination_row!(),
+            " ORDER BY l.id"
+        ))
+        .bind(first_seen.start)
+        .bind(first_seen.end)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+}
+
+/// One `row_columns!` row back into its chain content, exactly as stored.
+fn decode(row: &PgRow) -> Result<StoredChainRow, sqlx::Error> {
+    let created_at: DateTime<Utc> = row.try_get("created_at")?;
+    let effective_at: Option<DateTime<Utc>> = row.try_get("effective_at")?;
+    let groups: Json<Vec<String>> = row.try_get("groups_removed")?;
+    let correlation: Json<Vec<String>> = row.try_get("correlation_ids")?;
+    let status: Option<i32> = row.try_get("status_code")?;
+    Ok(StoredChainRow {
+        content: RowContent {
+            action: row.try_get("action")?,
+            actor: row.try_get("actor")?,
+            attempt: row.try_get("attempt")?,
+            correlation_ids: correlation.0,
+            created_at: chain::read_back_text(created_at),
+            credential: row.try_get("credential")?,
+            duration_ms: row.try_get("duration_ms")?,
+            effective_at: effective_at.map(chain::read_back_text),
+            error_message: row.try_get("error_message")?,
+            external_id: row.try_get("external_id")?,
+            groups_removed: groups.0,
+            id: row.try_get("id")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            manifest_bucket: row.try_get("manifest_bucket")?,
+            manifest_index: row.try_get("manifest_index")?,
+            manifest_key: row.try_get("manifest_key")?,
+            manifest_version: row.try_get("manifest_version")?,
+            outcome: row.try_get("outcome")?,
+            sqs_message_id: row.try_get("sqs_message_id")?,
+            status_code: status.map(i64::from),
+            success: row.try_get("success")?,
+            user_id: row.try_get("user_id")?,
+        },
+        prev_hash: row.try_get("prev_hash")?,
+        row_hash: row.try_get("row_hash")?,
+    })
+}
