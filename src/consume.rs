@@ -51,6 +51,21 @@ pub trait AuditSink: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Outcome>, Self::Error>> + Send;
 }
 
+impl AuditSink for crate::audit::AuditStore {
+    type Error = crate::audit::AuditError;
+
+    async fn append(&self, entry: &AuditEntry) -> Result<i64, Self::Error> {
+        crate::audit::AuditStore::append(self, entry).await
+    }
+
+    async fn latest_terminal_outcome(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Outcome>, Self::Error> {
+        crate::audit::AuditStore::latest_terminal_outcome(self, key).await
+    }
+}
+
 /// How the pool behaves. [`Default`] gives the production values.
 #[derive(Debug, Clone)]
 pub struct ConsumerOptions {
