@@ -86,6 +86,19 @@ pub struct ConsumerOptions {
     /// Resolve and plan only: nothing is changed, nothing is dead-lettered, and
     /// audit rows say `dry_run` (so a later real run is not suppressed).
     pub dry_run: bool,
+    /// What to do with a termination whose effective time is still ahead.
+    pub not_due: NotDuePolicy,
+}
+
+/// What the pool does with a termination that is not yet due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NotDuePolicy {
+    /// Keep it on the queue, hidden until its effective time (the service).
+    #[default]
+    Hold,
+    /// Record it as `scheduled` and drop it from the in-process queue (the
+    /// one-shot `run`, which must end; run it again after the date).
+    Defer,
 }
 
 impl Default for ConsumerOptions {
@@ -98,6 +111,7 @@ impl Default for ConsumerOptions {
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(15 * 60),
             dry_run: false,
+            not_due: NotDuePolicy::Hold,
         }
     }
 }
@@ -128,6 +142,12 @@ pub enum Step {
         /// How long it stays hidden.
         delay: Duration,
     },
+    /// Not due yet, and the pool defers instead of holding
+    /// ([`NotDuePolicy::Defer`]): recorded as `scheduled`, message deleted.
+    Deferred {
+        /// When it takes effect.
+        effective_at: chrono::DateTime<Utc>,
+    },
     /// A dry run: what would happen was recorded as `dry_run`; message deleted.
     DryRun(Outcome),
     /// The step could not finish talking to the queue (e.g. the delete failed);
@@ -140,6 +160,7 @@ pub enum Step {
 #[derive(Debug, Default)]
 pub struct Tally {
     outcomes: [AtomicU64; Outcome::ALL.len()],
+    would: [AtomicU64; Outcome::ALL.len()],
     already_done: AtomicU64,
     retried: AtomicU64,
     not_due: AtomicU64,
@@ -152,11 +173,13 @@ pub struct TallySnapshot {
     /// Terminations finished, by terminal outcome (and `dry_run`), counted once
     /// each.
     pub outcomes: Vec<(Outcome, u64)>,
+    /// In a dry run: what each termination would have come to.
+    pub would: Vec<(Outcome, u64)>,
     /// Redeliveries of already-finished terminations, deleted without acting.
     pub already_done: u64,
     /// Messages returned to the queue for another attempt.
     pub retried: u64,
-    /// Messages held because they were not yet due.
+    /// Messages held (or deferred) because they were not yet due.
     pub not_due: u64,
     /// Steps that could not complete a queue call.
     pub queue_failures: u64,
@@ -188,10 +211,13 @@ impl Tally {
     fn record(&self, step: &Step) {
         let counter = match step {
             Step::Done(o) | Step::DeadLettered(o) => &self.outcomes[Self::index(*o)],
-            Step::DryRun(_) => &self.outcomes[Self::index(Outcome::DryRun)],
+            Step::DryRun(would) => {
+                self.would[Self::index(*would)].fetch_add(1, Ordering::Relaxed);
+                &self.outcomes[Self::index(Outcome::DryRun)]
+            }
             Step::AlreadyDone(_) => &self.already_done,
             Step::Retry { .. } => &self.retried,
-            Step::NotDue { .. } => &self.not_due,
+            Step::NotDue { .. } | Step::Deferred { .. } => &self.not_due,
             Step::QueueFailed(_) => &self.queue_failures,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -203,6 +229,11 @@ impl Tally {
             outcomes: Outcome::ALL
                 .iter()
                 .map(|o| (*o, self.outcomes[Self::index(*o)].load(Ordering::Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            would: Outcome::ALL
+                .iter()
+                .map(|o| (*o, self.would[Self::index(*o)].load(Ordering::Relaxed)))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
             already_done: self.already_done.load(Ordering::Relaxed),
@@ -531,6 +562,23 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
         if termination.effective_at > now && !self.options.dry_run {
             let wait = (termination.effective_at - now).to_std().unwrap_or_default();
             let delay = wait.min(MAX_VISIBILITY);
+            if self.options.not_due == NotDuePolicy::Defer {
+                info!(effective_at = %termination.effective_at, "not yet due; recorded as scheduled");
+                let mut entry = self.entry(message, Some(&termination), Outcome::Scheduled, started);
+                entry.error_message = Some(format!(
+                    "not due until {}; nothing was changed",
+                    termination.effective_at.to_rfc3339()
+                ));
+                return match self.audit.append(&entry).await {
+                    Ok(_) => match self.delete(message).await {
+                        Ok(()) => Step::Deferred {
+                            effective_at: termination.effective_at,
+                        },
+                        Err(e) => Step::QueueFailed(e),
+                    },
+                    Err(e) => self.retry(message, format!("audit write failed: {e}"), None).await,
+                };
+            }
             info!(effective_at = %termination.effective_at, "not yet due; holding");
             return match self.hold(message, delay).await {
                 Ok(()) => Step::NotDue { delay },
@@ -846,6 +894,208 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
             }
         }
     }
+}
+
+/// `replay-dlq` settings.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Stop after this many replays.
+    pub max: Option<u64>,
+    /// Replay only messages dead-lettered with this reason (an outcome name such
+    /// as `forbidden`; messages moved by the redrive policy itself have none and
+    /// match `unknown`).
+    pub reason: Option<String>,
+    /// List what would be replayed; move nothing.
+    pub dry_run: bool,
+    /// Who asked (recorded in each replay's audit row).
+    pub actor: String,
+}
+
+/// One dead-lettered message seen by `replay-dlq`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayItem {
+    /// Its id on the dead-letter queue.
+    pub message_id: String,
+    /// The termination's externalId, when the body is readable.
+    pub external_id: Option<String>,
+    /// The dead-letter reason (`unknown` when SQS moved it without one).
+    pub reason: String,
+    /// The detail recorded with the reason.
+    pub detail: Option<String>,
+    /// True when it was (or, in a dry run, would be) replayed.
+    pub replayed: bool,
+}
+
+/// What `replay-dlq` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayReport {
+    /// Every distinct message seen, in order.
+    pub items: Vec<ReplayItem>,
+}
+
+impl ReplayReport {
+    /// Messages replayed (or that would be, in a dry run).
+    pub fn replayed(&self) -> usize {
+        self.items.iter().filter(|i| i.replayed).count()
+    }
+}
+
+/// Why a replay stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// A queue call failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// Sending to the terminations queue failed for a message.
+    #[error("cannot send dead-lettered message {message_id} back: {detail}")]
+    Send {
+        /// The DLQ message id.
+        message_id: String,
+        /// The failure.
+        detail: String,
+    },
+    /// The replay could not be audited; the message was sent back but stays on
+    /// the DLQ too (the consumer's idempotency check makes the copy harmless).
+    #[error("cannot audit the replay of {message_id}: {detail}")]
+    Audit {
+        /// The DLQ message id.
+        message_id: String,
+        /// The store's error.
+        detail: String,
+    },
+}
+
+/// Moves dead-lettered messages back to the terminations queue: receive from the
+/// DLQ, send the same body with [`attr::REPLAYED`] (so the consumer attempts it
+/// although its last outcome dead-lettered it), audit the replay (action
+/// `replay`, outcome `retrying`), then delete it from the DLQ. Messages that do not
+/// match `--reason`, and everything in a dry run, are kept hidden while the DLQ is
+/// scanned and released at the end, so each is seen once. Works against any
+/// [`Queue`] (moto has no StartMessageMoveTask).
+pub async fn replay_dead_letters<Q: Queue, A: AuditSink>(
+    dead_letter: &Q,
+    target: &Q,
+    audit: &A,
+    options: &ReplayOptions,
+) -> Result<ReplayReport, ReplayError> {
+    let mut report = ReplayReport::default();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut held: Vec<String> = Vec::new();
+    let result = async {
+        loop {
+            let room = options
+                .max
+                .map_or(MAX_BATCH as u64, |m| m.saturating_sub(report.replayed() as u64));
+            if room == 0 {
+                break;
+            }
+            let batch = dead_letter
+                .receive(room.min(MAX_BATCH as u64) as u32, Duration::from_secs(1))
+                .await?;
+            if batch.is_empty() || batch.iter().all(|m| seen.contains_key(&m.message_id)) {
+                held.extend(batch.into_iter().map(|m| m.receipt_handle));
+                break;
+            }
+            for message in batch {
+                if seen.insert(message.message_id.clone(), message.receipt_handle.clone()).is_some() {
+                    held.push(message.receipt_handle);
+                    continue;
+                }
+                let reason = message
+                    .attributes
+                    .get(attr::REASON)
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".to_owned());
+                let decoded = TerminationMessage::decode(&message.body).ok();
+                let mut item = ReplayItem {
+                    message_id: message.message_id.clone(),
+                    external_id: decoded
+                        .as_ref()
+                        .map(|t| t.record.external_id.as_str().to_owned())
+                        .or_else(|| raw_external_id(&message.body)),
+                    reason: reason.clone(),
+                    detail: message.attributes.get(attr::DETAIL).cloned(),
+                    replayed: false,
+                };
+                let wanted = options.reason.as_ref().is_none_or(|r| *r == reason)
+                    && options
+                        .max
+                        .is_none_or(|m| (report.replayed() as u64) < m);
+                if !wanted || options.dry_run {
+                    item.replayed = wanted;
+                    report.items.push(item);
+                    held.push(message.receipt_handle);
+                    continue;
+                }
+                let mut attributes = message.attributes.clone();
+                attributes.insert(attr::REPLAYED.to_owned(), Utc::now().to_rfc3339());
+                let copy = OutgoingMessage {
+                    body: message.body.clone(),
+                    attributes,
+                    delay: Duration::ZERO,
+                };
+                let failures = target.send_batch(std::slice::from_ref(&copy)).await?;
+                if let Some(f) = failures.first() {
+                    held.push(message.receipt_handle);
+                    return Err(ReplayError::Send {
+                        message_id: message.message_id,
+                        detail: format!("{}: {}", f.code, f.message),
+                    });
+                }
+                let entry = AuditEntry {
+                    external_id: item.external_id.clone(),
+                    user_id: decoded
+                        .as_ref()
+                        .and_then(|t| t.record.user_id.as_ref())
+                        .map(|u| u.as_str().to_owned()),
+                    action: "replay".into(),
+                    status_code: None,
+                    success: false,
+                    error_message: Some(format!(
+                        "replayed from the dead-letter queue (reason {reason}{})",
+                        item.detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
+                    )),
+                    outcome: Outcome::Retrying,
+                    credential: None,
+                    groups_removed: Vec::new(),
+                    attempt: message.receive_count,
+                    sqs_message_id: Some(message.message_id.clone()),
+                    manifest: decoded.as_ref().map(|t| t.origin.clone()),
+                    effective_at: decoded.as_ref().map(|t| t.effective_at),
+                    correlation_ids: Vec::new(),
+                    duration_ms: None,
+                    idempotency_key: decoded.as_ref().map(|t| t.idempotency_key.clone()),
+                    actor: Some(options.actor.clone()),
+                };
+                if let Err(e) = audit.append(&entry).await {
+                    held.push(message.receipt_handle);
+                    return Err(ReplayError::Audit {
+                        message_id: message.message_id,
+                        detail: e.to_string(),
+                    });
+                }
+                let failures = dead_letter
+                    .delete_batch(std::slice::from_ref(&message.receipt_handle))
+                    .await?;
+                if let Some(f) = failures.first() {
+                    warn!(message_id = %message.message_id, code = f.code, "replayed but not deleted from the DLQ; the copy there is harmless");
+                }
+                info!(message_id = %message.message_id, reason, external_id = ?item.external_id, "replayed");
+                item.replayed = true;
+                report.items.push(item);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Newest handles only: a message seen twice was held under its latest one.
+    let latest: HashSet<&String> = seen.values().collect();
+    for receipt in held.iter().filter(|r| latest.contains(r)) {
+        if let Err(e) = dead_letter.change_visibility(receipt, Duration::ZERO).await {
+            warn!(error = %e, "could not release a dead-lettered message");
+        }
+    }
+    result.map(|()| report)
 }
 
 impl From<QueueError> for Step {
@@ -1224,6 +1474,43 @@ mod tests {
         assert!(!report.drained);
         assert!(f.audit.outcomes().is_empty());
         assert_eq!(f.queue.len(), 1, "unfinished message stays for redelivery");
+    }
+
+    #[tokio::test]
+    async fn replay_moves_matching_messages_back_audited_and_keeps_the_rest() {
+        let f = fixture(5, quick());
+        f.engine.script("E1", &[Outcome::Forbidden]);
+        f.engine.script("E2", &[Outcome::Ambiguous]);
+        f.engine.script("E3", &[Outcome::Forbidden]);
+        send(&f.queue, &[body("E1", "2020-01-01"), body("E2", "2020-01-01"), body("E3", "2020-01-01")]).await;
+        for _ in 0..3 {
+            f.consumer.handle(receive_one(&f.queue).await).await;
+        }
+        assert_eq!(f.dlq.len(), 3);
+
+        let dry = ReplayOptions {
+            reason: Some("forbidden".into()),
+            dry_run: true,
+            actor: "tester".into(),
+            ..ReplayOptions::default()
+        };
+        let report = replay_dead_letters(&f.dlq, &f.queue, f.audit.as_ref(), &dry).await.unwrap();
+        assert_eq!((report.items.len(), report.replayed()), (3, 2));
+        assert_eq!(f.dlq.len(), 3);
+        assert!(f.queue.is_empty());
+
+        let real = ReplayOptions { dry_run: false, max: Some(1), ..dry };
+        let report = replay_dead_letters(&f.dlq, &f.queue, f.audit.as_ref(), &real).await.unwrap();
+        assert_eq!(report.replayed(), 1);
+        assert_eq!((f.dlq.len(), f.queue.len()), (2, 1));
+        let row = lock(&f.audit.rows).last().cloned().unwrap();
+        assert_eq!((row.action.as_str(), row.outcome, row.actor.as_deref()), ("replay", Outcome::Retrying, Some("tester")));
+
+        // The replayed message is attempted again despite its dead-lettered past.
+        let step = f.consumer.handle(receive_one(&f.queue).await).await;
+        assert_eq!(step, Step::Done(Outcome::Deactivated));
+        // Everything left on the DLQ is visible again for the next replay.
+        assert_eq!(f.dlq.receive(10, Duration::ZERO).await.unwrap().len(), 2);
     }
 
     #[test]

@@ -27,9 +27,18 @@ use tracing::{error, info, warn};
 
 use crate::audit::{AuditEntry, ManifestOrigin};
 use crate::consume::AuditSink;
-use crate::domain::{EffectiveAt, Outcome};
+use crate::domain::{EffectiveAt, Outcome, TerminationRecord};
 use crate::manifest::{self, Entry, Format, ManifestError, Summary};
 use crate::queue::{MAX_BATCH, OutgoingMessage, Queue, TerminationMessage, truncate};
+
+/// An S3 client from the SDK configuration. With a custom endpoint
+/// (`AWS_ENDPOINT_URL`, e.g. moto) buckets are addressed by path, since such
+/// endpoints do not serve virtual-hosted bucket names.
+pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let builder = aws_sdk_s3::config::Builder::from(config)
+        .force_path_style(config.endpoint_url().is_some());
+    aws_sdk_s3::Client::from_conf(builder.build())
+}
 
 /// Where a manifest is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -516,6 +525,33 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             "manifest dispatched"
         );
         Ok(report)
+    }
+
+    /// Every valid, distinct record of a manifest, in order (for seeding the
+    /// sandbox simulator). Holds them all in memory: not for production sizes.
+    /// Errors: as [`Dispatcher::dispatch`]; a manifest unusable as a whole is
+    /// [`DispatchError::Source`] with the reason.
+    pub async fn records(&self, source: &ManifestSource) -> Result<Vec<TerminationRecord>, DispatchError> {
+        let hint = source.hint();
+        let name = source.name();
+        let (reader, _) = self.open(source, None).await?;
+        let read = tokio::task::spawn_blocking(move || {
+            let mut records = Vec::new();
+            let result = manifest::read(reader, hint, |entry| {
+                if let Entry::Valid { record, .. } = entry {
+                    records.push(record);
+                }
+                ControlFlow::Continue(())
+            });
+            result.map(|_| records)
+        })
+        .await
+        .map_err(|e| DispatchError::Task(e.to_string()))?;
+        match read {
+            Ok(records) => Ok(records),
+            Err(ManifestError::Io(source)) => Err(DispatchError::Io { manifest: name, source }),
+            Err(e) => Err(DispatchError::Source(format!("{name}: {e}"))),
+        }
     }
 
     /// Runs the dispatcher on the manifest-events queue until `shutdown`: each

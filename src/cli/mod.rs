@@ -8,8 +8,12 @@ use clap::{Parser, Subcommand};
 use deprovision::telemetry::LogFormat;
 
 mod audit;
+mod dispatch;
 mod migrate;
+mod replay;
 mod report;
+mod run;
+mod serve;
 mod simulate;
 mod user;
 
@@ -27,6 +31,15 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a manifest end to end in one process (the embedded default).
+    Run(Box<run::RunArgs>),
+    /// The ECS service: dispatcher, consumer pool, health endpoints.
+    Serve(Box<serve::ServeArgs>),
+    /// Fan one S3 manifest out onto the terminations queue.
+    Dispatch(Box<dispatch::DispatchArgs>),
+    /// Move dead-lettered terminations back to the terminations queue.
+    #[command(name = "replay-dlq")]
+    ReplayDlq(Box<replay::ReplayArgs>),
     /// Run the Genesys Cloud SCIM simulator on a port.
     Simulate(simulate::SimulateArgs),
     /// Deprovision one person now: deactivate, strip groups, verify.
@@ -42,6 +55,10 @@ pub enum Command {
 /// Runs one command to completion.
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Run(args) => run::run(*args).await,
+        Command::Serve(args) => serve::run(*args).await,
+        Command::Dispatch(args) => dispatch::run(*args).await,
+        Command::ReplayDlq(args) => replay::run(*args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::User(args) => user::run(*args).await,
         Command::Migrate(args) => migrate::run(args).await,

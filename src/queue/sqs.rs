@@ -39,6 +39,14 @@ where
     }
 }
 
+/// The AWS SDK configuration from its own sources (`AWS_REGION`,
+/// `AWS_ENDPOINT_URL`, the credential chain), as the SDK documents them.
+pub async fn load_aws_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
+}
+
 impl SqsQueue {
     /// Connects to the queue at `url`, reading `VisibilityTimeout` and
     /// `RedrivePolicy` (AWS SQS API, GetQueueAttributes). Errors:
@@ -83,6 +91,18 @@ impl SqsQueue {
     /// The queue URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Checks the queue is reachable (GetQueueAttributes), for readiness probes.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        self.client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| service_error("GetQueueAttributes", &self.url, e))
     }
 
     /// The dead-letter queue named by this queue's redrive policy, if any
