@@ -430,7 +430,9 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                     let mut at = origin.clone();
                     at.index = Some(position.index);
                     let entry = AuditEntry {
-                        external_id: external_id.map(|e| truncate(e.trim(), 256)),
+                        external_id: external_id
+                            .map(|e| truncate(e.trim(), 256))
+                            .filter(|e| !e.is_empty()),
                         user_id: None,
                         action: "deactivate".into(),
                         status_code: None,

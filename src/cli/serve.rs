@@ -36,6 +36,14 @@ pub struct ServeArgs {
     /// below the ECS task's stopTimeout (30 s by default).
     #[arg(long, env = "DRAIN_DEADLINE_SECS", default_value_t = 25)]
     pub drain_deadline_secs: u64,
+    /// Seconds one termination attempt may take (retries of 429/5xx included)
+    /// before it is returned to the queue as `retrying`.
+    #[arg(long, env = "ATTEMPT_TIMEOUT_SECS", default_value_t = 60)]
+    pub attempt_timeout_secs: u64,
+    /// First redelivery delay after a transient failure, seconds; doubles per
+    /// receive, jittered, at most 15 minutes.
+    #[arg(long, env = "RETRY_BASE_SECS", default_value_t = 5)]
+    pub retry_base_secs: u64,
     #[command(flatten)]
     pub scim: ScimArgs,
     #[command(flatten)]
@@ -218,6 +226,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let options = ConsumerOptions {
         concurrency: args.policy.concurrency.max(1),
         drain_deadline: Duration::from_secs(args.drain_deadline_secs),
+        attempt_timeout: Duration::from_secs(args.attempt_timeout_secs.max(1)),
+        retry_base: Duration::from_secs(args.retry_base_secs),
         ..ConsumerOptions::default()
     };
     let consumer = Consumer::new(terminations.clone(), dead_letter, engine, audit.clone(), options);

@@ -4,5 +4,7 @@
 
 mod audit;
 mod engine;
+mod manifest;
+mod pipeline;
 mod report;
 mod support;
