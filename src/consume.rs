@@ -1382,6 +1382,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn one_shot_runs_defer_future_terminations_as_scheduled() {
+        let f = fixture(5, ConsumerOptions { not_due: NotDuePolicy::Defer, ..quick() });
+        send(&f.queue, &[body("E1", "2999-01-01")]).await;
+        let step = f.consumer.handle(receive_one(&f.queue).await).await;
+        assert!(matches!(step, Step::Deferred { .. }), "{step:?}");
+        assert_eq!(f.engine.calls("E1"), 0);
+        assert!(f.queue.is_empty());
+        assert_eq!(f.audit.outcomes(), [Outcome::Scheduled]);
+    }
+
+    #[tokio::test]
     async fn held_on_last_receive_is_resent_fresh_not_redriven() {
         let f = fixture(1, quick());
         send(&f.queue, &[body("E1", "2999-01-01")]).await;

@@ -397,8 +397,9 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
 
         let (reader, _) = self.open(source, Some(&pin)).await?;
         let (tx, mut rx) = mpsc::channel::<Entry>(1024);
+        let expected = usize::try_from(first.valid).unwrap_or(0);
         let parser = tokio::task::spawn_blocking(move || {
-            manifest::read(reader, hint, |entry| match tx.blocking_send(entry) {
+            manifest::read_sized(reader, hint, expected, |entry| match tx.blocking_send(entry) {
                 Ok(()) => ControlFlow::Continue(()),
                 Err(_) => ControlFlow::Break(()),
             })
@@ -504,7 +505,8 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                 });
             }
         };
-        if second != first {
+        // validate() does not collapse duplicates; the record count must match.
+        if second.records != first.records || second.format != first.format {
             return Err(DispatchError::Changed {
                 manifest: name,
                 first: Box::new(first),

@@ -232,11 +232,13 @@ impl ManifestError {
     }
 }
 
-/// Reads the whole manifest without keeping anything but counts, so that a file
-/// unusable as a whole is known before anything is enqueued. Same errors as
-/// [`read`].
+/// Reads the whole manifest keeping nothing but counts, so that a file unusable
+/// as a whole is known before anything is enqueued. Duplicates are not collapsed
+/// (that needs memory per termination), so `duplicates` is 0 and repeats count as
+/// `valid`; `records` equals what [`read`] will see. Same errors as [`read`].
 pub fn validate<R: Read>(reader: R, hint: Option<Format>) -> Result<Summary, ManifestError> {
-    read(reader, hint, |_| ControlFlow::Continue(()))
+    let mut each = |_| ControlFlow::Continue(());
+    run(reader, hint, None, &mut each)
 }
 
 /// Streams the manifest, calling `each` once per record in file order. Returns the
@@ -247,12 +249,33 @@ pub fn validate<R: Read>(reader: R, hint: Option<Format>) -> Result<Summary, Man
 pub fn read<R: Read>(
     reader: R,
     hint: Option<Format>,
+    each: impl FnMut(Entry) -> ControlFlow<()>,
+) -> Result<Summary, ManifestError> {
+    read_sized(reader, hint, 0, each)
+}
+
+/// [`read`], with room for `expected` distinct terminations reserved up front
+/// (e.g. `records` from [`validate`]), so the duplicate set never grows by
+/// rehashing (which briefly holds the old and the new table).
+pub fn read_sized<R: Read>(
+    reader: R,
+    hint: Option<Format>,
+    expected: usize,
     mut each: impl FnMut(Entry) -> ControlFlow<()>,
+) -> Result<Summary, ManifestError> {
+    run(reader, hint, Some(expected), &mut each)
+}
+
+fn run<R: Read, F: FnMut(Entry) -> ControlFlow<()>>(
+    reader: R,
+    hint: Option<Format>,
+    dedup_capacity: Option<usize>,
+    each: &mut F,
 ) -> Result<Summary, ManifestError> {
     let mut input = BufReader::with_capacity(SNIFF_BYTES, reader);
     skip_bom(&mut input)?;
     let format = sniff(&mut input, hint)?;
-    let mut sink = Sink::new(format, &mut each);
+    let mut sink = Sink::new(format, each, dedup_capacity);
     match format {
         Format::JsonArray => read_json_array(input, &mut sink)?,
         Format::Ndjson => read_ndjson(input, &mut sink)?,
@@ -320,10 +343,51 @@ fn sniff<R: BufRead>(input: &mut R, hint: Option<Format>) -> Result<Format, Mani
 struct Sink<'a, F: FnMut(Entry) -> ControlFlow<()>> {
     each: &'a mut F,
     summary: Summary,
-    /// Truncated SHA-256 of the idempotency key → hash of the userId. 128 bits make
-    /// an accidental collision (which would wrongly drop a termination) about
-    /// 10^-27 likely at a million records.
-    seen: HashMap<u128, u64>,
+    /// Distinct terminations seen, when collapsing duplicates: 96 bits of the
+    /// idempotency key → 32 bits of the userId's hash, 16 bytes an entry. An
+    /// accidental 96-bit collision (which would wrongly drop a termination) is
+    /// about 10^-17 likely at a million records.
+    seen: Option<HashMap<Fingerprint, u32, BuildFingerprintHasher>>,
+}
+
+/// 96 bits of an idempotency key (itself a SHA-256), as three words so the
+/// entry stays 4-byte aligned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint([u32; 3]);
+
+impl std::hash::Hash for Fingerprint {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let [a, b, _] = self.0;
+        state.write_u64((u64::from(a) << 32) | u64::from(b));
+    }
+}
+
+/// The key is already uniformly distributed: use its bits as the hash.
+#[derive(Default, Clone, Copy)]
+struct BuildFingerprintHasher;
+
+#[derive(Default)]
+struct FingerprintHasher(u64);
+
+impl std::hash::BuildHasher for BuildFingerprintHasher {
+    type Hasher = FingerprintHasher;
+    fn build_hasher(&self) -> FingerprintHasher {
+        FingerprintHasher(0)
+    }
+}
+
+impl std::hash::Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// A record's fields as read, before validation.
@@ -335,14 +399,15 @@ struct RawFields {
 }
 
 impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
-    fn new(format: Format, each: &'a mut F) -> Self {
+    fn new(format: Format, each: &'a mut F, dedup_capacity: Option<usize>) -> Self {
         Self {
             each,
             summary: Summary {
                 format: Some(format),
                 ..Summary::default()
             },
-            seen: HashMap::new(),
+            seen: dedup_capacity
+                .map(|n| HashMap::with_capacity_and_hasher(n, BuildFingerprintHasher)),
         }
     }
 
@@ -383,11 +448,19 @@ impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
             Err(reason) => self.rejected(position, raw_external_id, reason),
             Ok(record) => {
                 let key = record.idempotency_key();
+                let Some(seen) = &mut self.seen else {
+                    self.summary.valid += 1;
+                    return Entry::Valid {
+                        position,
+                        record,
+                        key,
+                    };
+                };
                 let fingerprint = fingerprint(&key);
                 let user = user_hash(record.user_id.as_ref());
-                match self.seen.get(&fingerprint) {
+                match seen.get(&fingerprint) {
                     None => {
-                        self.seen.insert(fingerprint, user);
+                        seen.insert(fingerprint, user);
                         self.summary.valid += 1;
                         Entry::Valid {
                             position,
@@ -410,25 +483,30 @@ impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
     }
 }
 
-fn fingerprint(key: &IdempotencyKey) -> u128 {
-    // The key is already SHA-256 hex; its first 32 hex digits are 128 bits of it.
-    u128::from_str_radix(&key.as_str()[..32], 16).unwrap_or_else(|_| {
+fn fingerprint(key: &IdempotencyKey) -> Fingerprint {
+    // The key is SHA-256 hex; its first 24 hex digits are 96 bits of it.
+    let word = |i: usize| {
+        key.as_str()
+            .get(i * 8..i * 8 + 8)
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+    };
+    match (word(0), word(1), word(2)) {
+        (Some(a), Some(b), Some(c)) => Fingerprint([a, b, c]),
         // Unreachable for derived keys; hash again rather than panic.
-        let digest = Sha256::digest(key.as_str().as_bytes());
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&digest[..16]);
-        u128::from_be_bytes(bytes)
-    })
+        _ => {
+            let d = Sha256::digest(key.as_str().as_bytes());
+            let w = |i: usize| u32::from_be_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
+            Fingerprint([w(0), w(4), w(8)])
+        }
+    }
 }
 
-fn user_hash(user: Option<&ScimUserId>) -> u64 {
+fn user_hash(user: Option<&ScimUserId>) -> u32 {
     match user {
         None => 0,
         Some(u) => {
-            let digest = Sha256::digest(u.as_str().as_bytes());
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(&digest[..8]);
-            u64::from_be_bytes(bytes) | 1
+            let d = Sha256::digest(u.as_str().as_bytes());
+            u32::from_be_bytes([d[0], d[1], d[2], d[3]]) | 1
         }
     }
 }

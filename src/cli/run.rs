@@ -315,7 +315,12 @@ fn render_text(s: &Summary) -> String {
         let _ = writeln!(out, "  {:<20} {:>7}", outcome.as_str(), n);
     }
     for (outcome, n) in &s.tally.would {
-        let _ = writeln!(out, "  {:<20} {:>7}", format!("  would: {outcome}"), n);
+        // The engine's dry run reports `dry_run` for "would be deactivated".
+        let label = match outcome {
+            Outcome::DryRun => "  would deactivate".to_owned(),
+            other => format!("  would be {other}"),
+        };
+        let _ = writeln!(out, "  {label:<20} {n:>7}");
     }
     if s.tally.not_due > 0 {
         let _ = writeln!(out, "  {:<20} {:>7}   (not yet due; run again after the date)", "scheduled", s.tally.not_due);
