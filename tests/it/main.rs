@@ -2,4 +2,5 @@
 //! real parts (PostgreSQL, moto's S3/SQS, scim2-server, the simulator) that
 //! `scripts/test.sh` starts; `support` finds them through the environment.
 
+mod sim;
 mod support;
