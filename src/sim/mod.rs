@@ -19,6 +19,8 @@
 //! `discovery` (serviceproviderconfig, schemas, resourcetypes), `control`
 //! (`/_sim/*`), `stats` ([`SimStats`]).
 
+#![warn(missing_docs)]
+
 mod config;
 mod control;
 mod discovery;
