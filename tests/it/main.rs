@@ -3,3 +3,4 @@
 //! `scripts/test.sh` starts; `support` finds them through the environment.
 
 mod support;
+mod telemetry;
