@@ -194,7 +194,7 @@ impl Metrics {
         self.scim_request_duration.record(
             elapsed.as_secs_f64(),
             &[
-                KeyValue::new("method", method.as_str().to_owned()),
+                KeyValue::new("method", method_label(method)),
                 KeyValue::new("resource", resource.as_str()),
                 status,
             ],
@@ -271,6 +271,19 @@ impl Metrics {
             SdkMeterProvider::builder().build(),
             prometheus::Registry::new(),
         )
+    }
+}
+
+/// The label of a request method: the five SCIM uses (RFC 7644 §3), else `other`,
+/// so a label value is never built per request nor unbounded.
+fn method_label(method: &reqwest::Method) -> &'static str {
+    match *method {
+        reqwest::Method::GET => "GET",
+        reqwest::Method::POST => "POST",
+        reqwest::Method::PUT => "PUT",
+        reqwest::Method::PATCH => "PATCH",
+        reqwest::Method::DELETE => "DELETE",
+        _ => "other",
     }
 }
 
