@@ -4,3 +4,4 @@
 
 mod sim;
 mod support;
+mod telemetry;
