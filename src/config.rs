@@ -134,6 +134,15 @@ pub struct AwsArgs {
     pub dead_letter_queue_url: Option<String>,
 }
 
+/// The health and metrics endpoint of `deprovision serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthArgs {
+    /// TCP port of `/healthz` and `/metrics` (bound on all interfaces by `serve`,
+    /// probed on 127.0.0.1 by `healthcheck`).
+    #[arg(long, env = "HEALTH_PORT", default_value_t = 8080)]
+    pub health_port: u16,
+}
+
 /// The resolved SCIM target: how to reach it and which credentials to use.
 #[derive(Debug, Clone)]
 pub enum ScimTarget {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use deprovision::telemetry::LogFormat;
 
+mod healthcheck;
 mod simulate;
 
 /// Deprovision terminated employees from Genesys Cloud through SCIM 2.0.
@@ -25,11 +26,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the Genesys Cloud SCIM simulator on a port.
     Simulate(simulate::SimulateArgs),
+    /// Probe a running `serve`'s `/healthz` (the container HEALTHCHECK); exit 0 if healthy.
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 /// Runs one command to completion.
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Simulate(args) => simulate::run(args).await,
+        Command::Healthcheck(args) => healthcheck::run(args).await,
     }
 }
