@@ -72,10 +72,10 @@ pub struct RowContent {
     /// `success`.
     pub success: bool,
     /// `termination_first_at`: `created_at` of the first row of this row's
-    /// termination (its own for a first row and for manifest/operator rows).
-    pub termination_first_at: String,
+    /// termination (its own for a first row); `None` for manifest and operator rows.
+    pub termination_first_at: Option<String>,
     /// `termination_first_id`: the id of that first row; the reports group by it.
-    pub termination_first_id: i64,
+    pub termination_first_id: Option<i64>,
     /// `user_id`.
     pub user_id: Option<String>,
 }
@@ -124,7 +124,8 @@ impl RowContent {
     /// The content stored for `entry` as row `id` created at `created_at`, whose
     /// termination's first row is `first` (id and `created_at`; `None` when this row
     /// is the first): instants truncated to milliseconds, NULs replaced, unsigned
-    /// numbers clamped to `i64`.
+    /// numbers clamped to `i64`. Rows that are not about a termination (manifest,
+    /// operator actions) get no termination fields.
     pub fn from_entry(
         entry: &AuditEntry,
         id: i64,
@@ -132,7 +133,13 @@ impl RowContent {
         first: Option<(i64, DateTime<Utc>)>,
     ) -> Self {
         let manifest = entry.manifest.as_ref();
-        let (first_id, first_at) = first.unwrap_or((id, created_at));
+        let (first_id, first_at) = match super::first_row_lookup(entry) {
+            None => (None, None),
+            Some(_) => {
+                let (first_id, first_at) = first.unwrap_or((id, created_at));
+                (Some(first_id), Some(instant_text(first_at)))
+            }
+        };
         Self {
             action: clean(&entry.action),
             actor: clean_opt(entry.actor.as_deref()),
@@ -158,7 +165,7 @@ impl RowContent {
             sqs_message_id: clean_opt(entry.sqs_message_id.as_deref()),
             status_code: entry.status_code.map(i64::from),
             success: entry.success,
-            termination_first_at: instant_text(first_at),
+            termination_first_at: first_at,
             termination_first_id: first_id,
             user_id: clean_opt(entry.user_id.as_deref()),
         }

@@ -318,14 +318,16 @@ macro_rules! outcome_code {
          WHEN 'held' THEN 11 WHEN 'dry_run' THEN 12 ELSE 15 END"
     };
 }
-/// Per termination (rows grouped by `termination_first_id`): first seen, latest
+/// Per termination (rows grouped by their first row): first seen, latest
 /// effective time, the reported outcome's code (latest terminal row by id, else
-/// latest row) and when it was decided. `$1`/`$2` bound `termination_first_at`,
-/// `$3` is the as-of instant (placeholders per backend).
+/// latest row; `id * 16 + code` carries the code through `max`) and when it was
+/// decided. `$1`/`$2` bound `termination_first_at`, `$3` is the as-of instant
+/// (placeholders per backend). Only termination rows have `termination_first_at`;
+/// the grouping follows the covering index, so PostgreSQL streams it.
 macro_rules! reduce_terminations {
     ($from:literal, $to:literal, $as_of:literal) => {
         concat!(
-            "SELECT min(termination_first_at) AS first_at, max(effective_at) AS eff, \
+            "SELECT termination_first_at AS first_at, max(effective_at) AS eff, \
                COALESCE(max(id * 16 + ",
             outcome_code!(),
             ") FILTER (WHERE ",
@@ -342,9 +344,7 @@ macro_rules! reduce_terminations {
             $to,
             " AND created_at <= ",
             $as_of,
-            " AND ",
-            termination_row!(),
-            " GROUP BY termination_first_id"
+            " GROUP BY termination_first_at, termination_first_id"
         )
     };
 }
@@ -584,7 +584,7 @@ fn parse_outcome(id: i64, raw: &str) -> Result<Outcome, AuditError> {
 /// Rebuilds the typed row from its stored content.
 fn stored_row(c: chain::RowContent, row_hash: String) -> Result<StoredRow, AuditError> {
     let id = c.id;
-    let termination_id = c.termination_first_id;
+    let termination_id = c.termination_first_id.unwrap_or(id);
     let corrupt = |column: &'static str, value: String| AuditError::Corrupt { id, column, value };
     let credential = match c.credential.as_deref() {
         None => None,

@@ -21,6 +21,24 @@ use super::{
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
+/// The chain head, the next row id and the first row of the termination that
+/// `$cond` (on `scim_audit_log`) selects, in one statement.
+macro_rules! head_query {
+    ($cond:literal) => {
+        concat!(
+            "SELECT (SELECT row_hash FROM scim_audit_log ORDER BY id DESC LIMIT 1), \
+               nextval('scim_audit_log_id_seq'), f.termination_first_id, f.termination_first_at \
+             FROM (SELECT 1) AS one LEFT JOIN LATERAL (\
+               SELECT termination_first_id, termination_first_at FROM scim_audit_log \
+               WHERE ",
+            $cond,
+            " AND ",
+            termination_row!(),
+            " ORDER BY id LIMIT 1) AS f ON true"
+        )
+    };
+}
+
 /// The advisory-lock key that serialises chain appends within one database
 /// ("SCIMAUDT" in ASCII). Advisory locks are per database, so stores on other
 /// databases of the same cluster never contend.
@@ -68,43 +86,37 @@ impl PgStore {
             .bind(CHAIN_LOCK_KEY)
             .execute(&mut *tx)
             .await?;
-        // Under the lock: nothing else can append between reading the head and
-        // inserting, and the id taken here is larger than every committed one.
-        let (prev, id): (Option<String>, i64) = sqlx::query_as(
-            "SELECT (SELECT row_hash FROM scim_audit_log ORDER BY id DESC LIMIT 1), \
-                    nextval('scim_audit_log_id_seq')",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let prev = prev.unwrap_or_else(|| chain::GENESIS_HASH.to_owned());
-        let stored_at = chain::to_stored_instant(created_at);
-        let first: Option<(i64, DateTime<Utc>)> = match first_row_lookup(entry) {
-            None => None,
+        // Under the lock (a statement of its own: in READ COMMITTED the next
+        // statement's snapshot then sees the previous holder's row): the chain head,
+        // a row id larger than every committed one, and this termination's first
+        // row, in one round trip to keep the lock short.
+        type Head = (Option<String>, i64, Option<i64>, Option<DateTime<Utc>>);
+        let (prev, id, first_id, first_at): Head = match first_row_lookup(entry) {
+            None => {
+                sqlx::query_as(head_query!("false"))
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
             Some(FirstRowLookup::Key(k)) => {
-                sqlx::query_as(concat!(
-                    "SELECT termination_first_id, termination_first_at FROM scim_audit_log \
-                     WHERE idempotency_key = $1 AND ",
-                    termination_row!(),
-                    " ORDER BY id LIMIT 1"
-                ))
-                .bind(k)
-                .fetch_optional(&mut *tx)
-                .await?
+                sqlx::query_as(head_query!("idempotency_key = $1"))
+                    .bind(k)
+                    .fetch_one(&mut *tx)
+                    .await?
             }
             Some(FirstRowLookup::ExternalId(e)) => {
-                sqlx::query_as(concat!(
-                    "SELECT termination_first_id, termination_first_at FROM scim_audit_log \
-                     WHERE idempotency_key IS NULL AND external_id = $1 AND ",
-                    termination_row!(),
-                    " ORDER BY id LIMIT 1"
-                ))
-                .bind(e)
-                .fetch_optional(&mut *tx)
-                .await?
+                sqlx::query_as(head_query!("idempotency_key IS NULL AND external_id = $1"))
+                    .bind(e)
+                    .fetch_one(&mut *tx)
+                    .await?
             }
         };
+        let prev = prev.unwrap_or_else(|| chain::GENESIS_HASH.to_owned());
+        let stored_at = chain::to_stored_instant(created_at);
+        let first = first_id.zip(first_at);
         let c = RowContent::from_entry(entry, id, stored_at, first);
-        let first_at = first.map_or(stored_at, |(_, at)| at);
+        let first_at = c
+            .termination_first_id
+            .map(|_| first.map_or(stored_at, |(_, at)| at));
         let row_hash = c.hash(&prev);
         sqlx::query(
             "INSERT INTO scim_audit_log (id, external_id, user_id, action, status_code, success, \
@@ -262,9 +274,7 @@ impl PgStore {
             "SELECT ",
             row_columns!(),
             " FROM scim_audit_log WHERE termination_first_at >= $1 AND termination_first_at < $2 \
-             AND ",
-            termination_row!(),
-            " ORDER BY id"
+             ORDER BY id"
         ))
         .bind(first_seen.start)
         .bind(first_seen.end)
@@ -281,7 +291,7 @@ fn decode(row: &PgRow) -> Result<StoredChainRow, sqlx::Error> {
     let groups: Json<Vec<String>> = row.try_get("groups_removed")?;
     let correlation: Json<Vec<String>> = row.try_get("correlation_ids")?;
     let status: Option<i32> = row.try_get("status_code")?;
-    let first_at: DateTime<Utc> = row.try_get("termination_first_at")?;
+    let first_at: Option<DateTime<Utc>> = row.try_get("termination_first_at")?;
     Ok(StoredChainRow {
         content: RowContent {
             action: row.try_get("action")?,
@@ -305,7 +315,7 @@ fn decode(row: &PgRow) -> Result<StoredChainRow, sqlx::Error> {
             sqs_message_id: row.try_get("sqs_message_id")?,
             status_code: status.map(i64::from),
             success: row.try_get("success")?,
-            termination_first_at: chain::read_back_text(first_at),
+            termination_first_at: first_at.map(chain::read_back_text),
             termination_first_id: row.try_get("termination_first_id")?,
             user_id: row.try_get("user_id")?,
         },

@@ -257,9 +257,7 @@ impl SqliteStore {
             "SELECT ",
             row_columns!(),
             " FROM scim_audit_log WHERE termination_first_at >= ?1 AND termination_first_at < ?2 \
-             AND ",
-            termination_row!(),
-            " ORDER BY id"
+             ORDER BY id"
         ))
         .bind(chain::instant_text(first_seen.start))
         .bind(chain::instant_text(first_seen.end))
