@@ -14,8 +14,12 @@
 //! scripts/services.sh stop
 //! ```
 //!
-//! Needs `TEST_DATABASE_URL` (a superuser URL); creates its own databases.
+//! Needs `TEST_DATABASE_URL` (a superuser URL); creates its own databases. Run as
+//! a test (`cargo test --benches`, `cargo nextest run --all-targets`, which
+//! `scripts/test.sh` does) each benchmark runs once on 10,000 rows instead, and
+//! nothing is set up for `--list`.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -25,6 +29,16 @@ use deprovision::domain::{ExternalId, IdempotencyKey, Outcome, TerminationDate};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
 const WRITERS: u64 = 8;
+
+/// Terminations loaded for the weekly report: 800,000 (1,000,000 rows) when
+/// benchmarking, 8,000 when run as a test.
+fn terminations() -> u64 {
+    if std::env::args().any(|a| a == "--bench") {
+        800_000
+    } else {
+        8_000
+    }
+}
 
 fn admin_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| {
@@ -79,12 +93,13 @@ fn entry(n: u64) -> AuditEntry {
 }
 
 fn bench_append(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
-    let (store, _) = rt.block_on(fresh_store("bench_append"));
+    let cell: OnceLock<AuditStore> = OnceLock::new();
     let mut group = c.benchmark_group("append");
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     group.bench_function("concurrent_8", |b| {
+        let store = cell.get_or_init(|| rt.block_on(fresh_store("bench_append")).0);
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let start = Instant::now();
@@ -110,43 +125,51 @@ fn bench_append(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         });
     });
     group.finish();
-    let report = rt.block_on(store.verify()).expect("verify");
-    assert!(report.is_intact(), "concurrent appends forked the chain");
-    eprintln!("append: {} chained rows written, chain intact", report.rows);
+    if let Some(store) = cell.get() {
+        let report = rt.block_on(store.verify()).expect("verify");
+        assert!(report.is_intact(), "concurrent appends forked the chain");
+        eprintln!("append: {} chained rows written, chain intact", report.rows);
+    }
 }
 
-/// Loads 1,000,000 rows over the 12 weeks before `now`.
-async fn load_million(url: &str, now: DateTime<Utc>) {
+/// Loads `terminations()` terminations (1.25 rows each) over the 11 weeks after
+/// `now` − 12 weeks.
+async fn load_rows(url: &str, now: DateTime<Utc>) {
+    let n = terminations();
+    // Spread over 11 of the 12 weeks, so every row is before `now`.
+    let step = i64::try_from(11 * 7 * 86_400 / n).unwrap_or(8);
     let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
     let base = now - chrono::Duration::weeks(12);
-    // 800,000 terminations 9 s apart (≈ 12 weeks); every fourth has a retrying
+    // `n` terminations `step` s apart; every fourth has a retrying
     // row an hour before its final row. Keys and hashes are 64 hex digits made of
     // two md5s; outcomes cycle through the terminal kinds.
     let retry = "INSERT INTO scim_audit_log (external_id, action, success, created_at, outcome, \
         groups_removed, attempt, correlation_ids, idempotency_key, termination_first_id, \
         termination_first_at, prev_hash, row_hash) \
-        SELECT 'E' || t, 'deactivate', false, $1 + make_interval(secs => t * 9), 'retrying', \
+        SELECT 'E' || t, 'deactivate', false, $1 + make_interval(secs => t * $2), 'retrying', \
           '[]', 1, '[]', md5(t::text) || md5('k' || t), 10000000 + t, \
-          $1 + make_interval(secs => t * 9), repeat('0', 64), \
+          $1 + make_interval(secs => t * $2), repeat('0', 64), \
           md5('r' || t) || md5('retry' || t) \
-        FROM generate_series(0, 799999, 4) AS t";
+        FROM generate_series(0, $3 - 1, 4) AS t";
     let last = "INSERT INTO scim_audit_log (external_id, user_id, action, status_code, success, \
         created_at, outcome, credential, groups_removed, attempt, correlation_ids, \
         effective_at, idempotency_key, termination_first_id, termination_first_at, prev_hash, \
         row_hash) \
         SELECT 'E' || t, 'u' || t, 'deactivate', 204, (t % 10) < 8, \
-          $1 + make_interval(secs => t * 9 + 3600), \
+          $1 + make_interval(secs => t * $2 + 3600), \
           (ARRAY['deactivated','deactivated','deactivated','deactivated','deactivated', \
                  'deactivated','deactivated','already_inactive','not_found','failed'])[t % 10 + 1], \
           'primary', '[\"g1\"]', 1 + (t % 4 = 0)::int, '[]', \
-          $1 + make_interval(secs => t * 9 + 3600 - (t % 48) * 3600), \
+          $1 + make_interval(secs => t * $2 + 3600 - (t % 48) * 3600), \
           md5(t::text) || md5('k' || t), 10000000 + t, \
-          $1 + make_interval(secs => t * 9 + CASE WHEN t % 4 = 0 THEN 0 ELSE 3600 END), \
+          $1 + make_interval(secs => t * $2 + CASE WHEN t % 4 = 0 THEN 0 ELSE 3600 END), \
           repeat('0', 64), md5('f' || t) || md5('final' || t) \
-        FROM generate_series(0, 799999) AS t";
+        FROM generate_series(0, $3 - 1) AS t";
     for sql in [retry, last] {
         sqlx::query(sql)
             .bind(base)
+            .bind(step)
+            .bind(i64::try_from(n).unwrap_or(0))
             .execute(&mut conn)
             .await
             .expect("bulk load");
@@ -154,37 +177,42 @@ async fn load_million(url: &str, now: DateTime<Utc>) {
     conn.execute("ANALYZE scim_audit_log")
         .await
         .expect("analyze");
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM scim_audit_log")
+    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM scim_audit_log")
         .fetch_one(&mut conn)
         .await
         .expect("count");
-    assert_eq!(n, 1_000_000);
+    assert_eq!(u64::try_from(rows).unwrap_or(0), n + n / 4);
 }
 
 fn bench_weekly(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let now = Utc::now();
-    let (store, url) = rt.block_on(fresh_store("bench_weekly"));
-    let loaded = Instant::now();
-    rt.block_on(load_million(&url, now));
-    eprintln!(
-        "weekly_report: loaded 1,000,000 rows in {:?}",
-        loaded.elapsed()
-    );
+    let cell: OnceLock<AuditStore> = OnceLock::new();
     let mut group = c.benchmark_group("weekly_report");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(30));
     group.bench_function("1m_rows", |b| {
+        let store = cell.get_or_init(|| {
+            let (store, url) = rt.block_on(fresh_store("bench_weekly"));
+            let loaded = Instant::now();
+            rt.block_on(load_rows(&url, now));
+            eprintln!(
+                "weekly_report: loaded {} terminations in {:?}",
+                terminations(),
+                loaded.elapsed()
+            );
+            store
+        });
         b.iter(|| {
             let r = rt
                 .block_on(deprovision::report::weekly(
-                    &store,
+                    store,
                     13,
                     chrono_tz::Tz::UTC,
                     now,
                 ))
                 .expect("weekly");
             let total: u64 = r.weeks.iter().map(|w| w.total).sum();
-            assert_eq!(total, 800_000);
+            assert_eq!(total, terminations());
             r
         });
     });
