@@ -218,7 +218,7 @@ impl PgStore {
         // backends produce the same figures.
         let rows = sqlx::query(concat!(
             "WITH t AS (",
-            reduce_terminations!("$1", "$2", "$3"),
+            reduce_terminations!("$1", "$2", "$3", "OFFSET 0"),
             "), h AS (SELECT width_bucket(first_at, $4::timestamptz[]) AS b, code, \
                CASE WHEN code <= 1 AND eff IS NOT NULL \
                  THEN round(date_part('epoch', decided_at - eff) * 1000) / 3600000.0::float8 \

@@ -214,7 +214,7 @@ impl SqliteStore {
             return Ok(Vec::new());
         };
         let rows: Vec<(String, Option<String>, i64, String)> =
-            sqlx::query_as(reduce_terminations!("?1", "?2", "?3"))
+            sqlx::query_as(reduce_terminations!("?1", "?2", "?3", "LIMIT -1"))
                 .bind(chain::instant_text(*from))
                 .bind(chain::instant_text(*to))
                 .bind(chain::instant_text(as_of))
