@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 use deprovision::telemetry::LogFormat;
 
 mod healthcheck;
+mod audit;
+mod migrate;
+mod report;
 mod simulate;
 
 /// Deprovision terminated employees from Genesys Cloud through SCIM 2.0.
@@ -28,6 +31,12 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Probe a running `serve`'s `/healthz` (the container HEALTHCHECK); exit 0 if healthy.
     Healthcheck(healthcheck::HealthcheckArgs),
+    /// Apply the audit migrations to DATABASE_URL.
+    Migrate(migrate::MigrateArgs),
+    /// Compliance reports: weekly summary with SLA, evidence export.
+    Report(report::ReportArgs),
+    /// Audit log integrity: verify the hash chain.
+    Audit(audit::AuditCommandArgs),
 }
 
 /// Runs one command to completion.
@@ -35,5 +44,8 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Simulate(args) => simulate::run(args).await,
         Command::Healthcheck(args) => healthcheck::run(args).await,
+        Command::Migrate(args) => migrate::run(args).await,
+        Command::Report(args) => report::run(args).await,
+        Command::Audit(args) => audit::run(args).await,
     }
 }

@@ -3,5 +3,7 @@
 //! `scripts/test.sh` starts; `support` finds them through the environment.
 
 mod sim;
+mod audit;
+mod report;
 mod support;
 mod telemetry;

@@ -1,0 +1,62 @@
+//! The compliance reports read from the audit store: the weekly summary with its
+//! SLA figures ([`weekly`]) and the per-termination evidence export
+//! ([`evidence`]), and their renderings (table, CSV, JSON, SVG chart). Read-only:
+//! this module never writes to the audit store and knows nothing about SCIM or
+//! queues.
+//!
+//! Both reports count terminations, not attempts. A termination is every
+//! termination row (not `manifest`/`replay`/`approve`/`reject`) sharing an
+//! idempotency key, or, for rows without one, an externalId. Its outcome is the
+//! latest terminal outcome recorded for it, else its latest outcome.
+
+mod chart;
+mod evidence;
+mod render;
+mod weekly;
+
+pub use chart::{chart_svg, write_chart};
+pub use evidence::{EvidenceRow, evidence};
+pub use render::{evidence_csv, evidence_json};
+pub use weekly::{WeekRow, WeeklyReport, weekly};
+
+use std::path::PathBuf;
+
+use crate::audit::AuditError;
+
+/// Why a report could not be produced or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Reading the audit store failed.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The `--from` date is after the `--to` date.
+    #[error("--from {from} is after --to {to}")]
+    EmptyRange {
+        /// The first day.
+        from: chrono::NaiveDate,
+        /// The last day.
+        to: chrono::NaiveDate,
+    },
+    /// Serialising the report as CSV failed.
+    #[error("cannot write the report as CSV: {0}")]
+    Csv(#[from] csv::Error),
+    /// Serialising the report as JSON failed.
+    #[error("cannot write the report as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The chart file name does not end in `.svg`.
+    #[error(
+        "chart {path}: only SVG charts are written (name the file *.svg); PNG would need system font libraries"
+    )]
+    ChartFormat {
+        /// The file asked for.
+        path: PathBuf,
+    },
+    /// Drawing or writing the chart failed.
+    #[error("cannot draw the chart {path}: {detail}")]
+    Chart {
+        /// The file asked for.
+        path: PathBuf,
+        /// plotters' message.
+        detail: String,
+    },
+}

@@ -1,0 +1,196 @@
+//! Renders the reports as text: an aligned table for people, CSV (RFC 4180, with a
+//! header row) and JSON for tools. Formatting only: no I/O, no store access.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use super::{EvidenceRow, ReportError, WeekRow, WeeklyReport};
+
+const WEEK_HEADERS: [&str; 17] = [
+    "week",
+    "week_start",
+    "total",
+    "successful",
+    "failed",
+    "received",
+    "deactivated",
+    "already_inactive",
+    "not_found",
+    "protected",
+    "scheduled_held",
+    "retrying",
+    "dry_run",
+    "sla_measured",
+    "sla_median_hours",
+    "sla_p95_hours",
+    "sla_over_24h",
+];
+
+fn hours(v: Option<f64>) -> String {
+    v.map(|h| format!("{h:.2}")).unwrap_or_default()
+}
+
+fn week_cells(w: &WeekRow) -> Vec<String> {
+    vec![
+        w.week.clone(),
+        w.week_start.to_string(),
+        w.total.to_string(),
+        w.successful.to_string(),
+        w.failed.to_string(),
+        w.received.to_string(),
+        w.deactivated.to_string(),
+        w.already_inactive.to_string(),
+        w.not_found.to_string(),
+        w.protected.to_string(),
+        w.scheduled_held.to_string(),
+        w.retrying.to_string(),
+        w.dry_run.to_string(),
+        w.sla_measured.to_string(),
+        hours(w.sla_median_hours),
+        hours(w.sla_p95_hours),
+        w.sla_over_24h.to_string(),
+    ]
+}
+
+fn csv_text<I, R>(headers: &[&str], rows: I) -> Result<String, ReportError>
+where
+    I: IntoIterator<Item = R>,
+    R: IntoIterator<Item = String>,
+{
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(headers)?;
+    for row in rows {
+        w.write_record(row)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| ReportError::Csv(csv::Error::from(e.into_error())))?;
+    // The writer was given only `String`s, so its output is UTF-8.
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn table_text(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                out.push_str("  ");
+            }
+            // Names left, numbers right: the first two columns are the week.
+            if i < 2 {
+                out.push_str(&format!("{cell:<w$}"));
+            } else {
+                out.push_str(&format!("{cell:>w$}"));
+            }
+        }
+        out.trim_end().to_owned()
+    };
+    let mut out = line(headers.to_vec());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+impl WeeklyReport {
+    /// A JSON array with one object per week (the seed's shape: `week`, `total`,
+    /// `successful`, `failed`, plus the fields of [`WeekRow`]), pretty-printed, with a
+    /// trailing newline.
+    pub fn to_json(&self) -> Result<String, ReportError> {
+        Ok(serde_json::to_string_pretty(&self.weeks)? + "\n")
+    }
+
+    /// CSV with a header row; hours with two decimals, empty when there is no sample.
+    pub fn to_csv(&self) -> Result<String, ReportError> {
+        csv_text(&WEEK_HEADERS, self.weeks.iter().map(week_cells))
+    }
+
+    /// An aligned text table, headed by the zone and the as-of instant.
+    pub fn to_table(&self) -> String {
+        let rows: Vec<Vec<String>> = self.weeks.iter().map(week_cells).collect();
+        format!(
+            "Weekly deprovisioning summary (weeks from Monday 00:00 {}; as of {})\n{}",
+            self.tz.name(),
+            self.as_of.to_rfc3339_opts(SecondsFormat::Secs, true),
+            table_text(&WEEK_HEADERS, &rows)
+        )
+    }
+}
+
+const EVIDENCE_HEADERS: [&str; 18] = [
+    "externalId",
+    "userId",
+    "idempotency_key",
+    "effective_at",
+    "first_seen_at",
+    "confirmed_deactivated_at",
+    "outcome",
+    "credential",
+    "groups_removed",
+    "attempts",
+    "sqs_message_ids",
+    "manifest_bucket",
+    "manifest_key",
+    "manifest_version",
+    "manifest_index",
+    "correlation_ids",
+    "error_message",
+    "audit_row_ids",
+];
+
+fn instant(v: Option<DateTime<Utc>>) -> String {
+    v.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// The evidence as CSV with a header row. Lists are joined with `;`; instants are
+/// RFC 3339 UTC with milliseconds.
+pub fn evidence_csv(rows: &[EvidenceRow]) -> Result<String, ReportError> {
+    csv_text(
+        &EVIDENCE_HEADERS,
+        rows.iter().map(|r| {
+            let m = r.manifest.as_ref();
+            vec![
+                r.external_id.clone().unwrap_or_default(),
+                r.user_id.clone().unwrap_or_default(),
+                r.idempotency_key.clone().unwrap_or_default(),
+                instant(r.effective_at),
+                instant(Some(r.first_seen_at)),
+                instant(r.confirmed_deactivated_at),
+                r.outcome.as_str().to_owned(),
+                r.credential
+                    .map(|c| c.as_str().to_owned())
+                    .unwrap_or_default(),
+                r.groups_removed.join(";"),
+                r.attempts.to_string(),
+                r.sqs_message_ids.join(";"),
+                m.map(|m| m.bucket.clone()).unwrap_or_default(),
+                m.map(|m| m.key.clone()).unwrap_or_default(),
+                m.and_then(|m| m.version.clone()).unwrap_or_default(),
+                m.and_then(|m| m.index)
+                    .map(|i| i.to_string())
+                    .unwrap_or_default(),
+                r.correlation_ids.join(";"),
+                r.error_message.clone().unwrap_or_default(),
+                r.audit_row_ids
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(";"),
+            ]
+        }),
+    )
+}
+
+/// The evidence as a pretty-printed JSON array of [`EvidenceRow`] objects, with a
+/// trailing newline.
+pub fn evidence_json(rows: &[EvidenceRow]) -> Result<String, ReportError> {
+    Ok(serde_json::to_string_pretty(rows)? + "\n")
+}
