@@ -3,4 +3,5 @@
 //! `scripts/test.sh` starts; `support` finds them through the environment.
 
 mod engine;
+mod sim;
 mod support;
