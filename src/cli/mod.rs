@@ -12,6 +12,7 @@ mod audit;
 mod migrate;
 mod report;
 mod simulate;
+mod user;
 
 /// Deprovision terminated employees from Genesys Cloud through SCIM 2.0.
 #[derive(Debug, Parser)]
@@ -37,6 +38,8 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Audit log integrity: verify the hash chain.
     Audit(audit::AuditCommandArgs),
+    /// Deprovision one person now: deactivate, strip groups, verify.
+    User(Box<user::UserArgs>),
 }
 
 /// Runs one command to completion.
@@ -47,5 +50,6 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Migrate(args) => migrate::run(args).await,
         Command::Report(args) => report::run(args).await,
         Command::Audit(args) => audit::run(args).await,
+        Command::User(args) => user::run(*args).await,
     }
 }

@@ -2,6 +2,7 @@
 //! real parts (PostgreSQL, moto's S3/SQS, scim2-server, the simulator) that
 //! `scripts/test.sh` starts; `support` finds them through the environment.
 
+mod engine;
 mod sim;
 mod audit;
 mod report;

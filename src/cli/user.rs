@@ -1,0 +1,191 @@
+//! `deprovision user --external-id ID | --user-id ID [--dry-run] [--format
+//! text|json]`: the on-demand path for one person (design.md, "Command line"),
+//! through the same engine as the queue workers. Parses the identifiers at the
+//! edge (an id that cannot be one is refused before any request), prints the
+//! outcome with its evidence, and maps it to an exit code. The audit row for it
+//! is written by the caller of [`deprovision_one`] (wired with the audit store).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use deprovision::config::ScimArgs;
+use deprovision::domain::{ExternalId, Outcome, ScimUserId};
+use deprovision::engine::{Engine, Report, Subject};
+
+/// Output format of `deprovision user`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// Flags of `deprovision user`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).multiple(true).args(["external_id", "user_id"])))]
+pub struct UserArgs {
+    /// HR's identifier (SCIM `externalId`); with `--user-id`, cross-checked.
+    #[arg(long, value_parser = parse_external_id)]
+    pub external_id: Option<ExternalId>,
+    /// The SCIM user id. Alone, exactly that account is deprovisioned.
+    #[arg(long, value_parser = parse_user_id)]
+    pub user_id: Option<ScimUserId>,
+    /// Resolve and show what would be done; send no mutating request.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How to print the result.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Give up (outcome `retrying`) after this many seconds of retries.
+    #[arg(long, default_value_t = 120)]
+    pub deadline_secs: u64,
+    #[command(flatten)]
+    pub scim: ScimArgs,
+}
+
+fn parse_external_id(raw: &str) -> Result<ExternalId, String> {
+    ExternalId::parse(raw).map_err(|e| e.to_string())
+}
+
+fn parse_user_id(raw: &str) -> Result<ScimUserId, String> {
+    ScimUserId::parse(raw).map_err(|e| e.to_string())
+}
+
+impl UserArgs {
+    /// Who to deprovision: both ids → cross-checked; one → that lookup.
+    pub fn subject(&self) -> Option<Subject> {
+        match (&self.user_id, &self.external_id) {
+            (Some(user_id), Some(external_id)) => Some(Subject::Checked {
+                user_id: user_id.clone(),
+                external_id: external_id.clone(),
+            }),
+            (Some(user_id), None) => Some(Subject::UserId(user_id.clone())),
+            (None, Some(external_id)) => Some(Subject::ExternalId(external_id.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Deprovisions one person and returns the report: the seam where the audit
+/// row is appended before anything is printed.
+pub async fn deprovision_one(
+    engine: &Engine,
+    subject: &Subject,
+    dry_run: bool,
+    within: Duration,
+) -> Report {
+    let deadline = tokio::time::Instant::now() + within;
+    engine.deprovision_subject(subject, dry_run, deadline).await
+}
+
+/// Runs `deprovision user`.
+pub async fn run(args: UserArgs) -> anyhow::Result<ExitCode> {
+    let Some(subject) = args.subject() else {
+        anyhow::bail!("give --external-id or --user-id");
+    };
+    let engine = Engine::from_args(&args.scim)?;
+    let report = deprovision_one(
+        &engine,
+        &subject,
+        args.dry_run,
+        Duration::from_secs(args.deadline_secs.max(1)),
+    )
+    .await;
+    match args.format {
+        Format::Json => println!("{}", render_json(&args, &report)?),
+        Format::Text => print!("{}", render_text(&args, &report)),
+    }
+    Ok(exit_code(report.outcome))
+}
+
+/// 0 when access is gone (or a dry run), 75 (EX_TEMPFAIL) when a retry may
+/// succeed, 1 otherwise.
+fn exit_code(outcome: Outcome) -> ExitCode {
+    if outcome.is_success() || outcome == Outcome::DryRun {
+        ExitCode::SUCCESS
+    } else if outcome == Outcome::Retrying {
+        ExitCode::from(75)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn render_json(args: &UserArgs, report: &Report) -> anyhow::Result<String> {
+    let mut value = serde_json::to_value(report)?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert(
+            "external_id".into(),
+            serde_json::to_value(args.external_id.as_ref().map(ExternalId::as_str))?,
+        );
+        obj.insert("dry_run".into(), args.dry_run.into());
+    }
+    Ok(serde_json::to_string_pretty(&value)?)
+}
+
+fn render_text(args: &UserArgs, report: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let none = "-".to_owned();
+    let _ = writeln!(out, "outcome:         {}", report.outcome);
+    if let Some(e) = &args.external_id {
+        let _ = writeln!(out, "externalId:      {e}");
+    }
+    let _ = writeln!(
+        out,
+        "user id:         {}",
+        report
+            .user_id
+            .as_ref()
+            .map_or(none.clone(), ToString::to_string)
+    );
+    let _ = writeln!(
+        out,
+        "credential:      {}",
+        report.credential.map_or("-", |c| c.as_str())
+    );
+    let verb = if report.outcome == Outcome::DryRun {
+        "groups to leave:"
+    } else {
+        "groups removed: "
+    };
+    let groups: Vec<String> = report
+        .groups_removed
+        .iter()
+        .map(|g| match &g.display {
+            Some(d) => format!("{d} ({})", g.id),
+            None => g.id.clone(),
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "{verb} {}",
+        if groups.is_empty() {
+            none.clone()
+        } else {
+            groups.join(", ")
+        }
+    );
+    if !report.roles_removed.is_empty() {
+        let _ = writeln!(out, "roles removed:   {}", report.roles_removed.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "status:          {}",
+        report.status_code.map_or(none.clone(), |s| s.to_string())
+    );
+    let _ = writeln!(out, "requests:        {}", report.requests);
+    if !report.correlation_ids.is_empty() {
+        let _ = writeln!(
+            out,
+            "correlation ids: {}",
+            report.correlation_ids.join(", ")
+        );
+    }
+    let _ = writeln!(out, "elapsed:         {} ms", report.elapsed.as_millis());
+    if let Some(d) = &report.detail {
+        let _ = writeln!(out, "detail:          {d}");
+    }
+    out
+}
