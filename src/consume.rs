@@ -1,1 +1,1721 @@
-//! Placeholder: filled in by its issue.
+//! The consumer pool: receives termination messages, deprovisions each person
+//! through the [`Deprovision`] engine, writes the audit row, and only then deletes
+//! the message — or sends it to the dead-letter queue with its reason, or returns
+//! it to the queue with a backoff (design.md, "Data flow" and "Error
+//! classification"). Owns the per-message decisions: is the body usable, was this
+//! termination already finished (idempotency key against the audit), is it due,
+//! what to do with the engine's outcome, and when to give up.
+//!
+//! Shutdown is a parameter ([`CancellationToken`]): cancelling it stops intake at
+//! once (an open long poll is abandoned), lets started terminations finish within
+//! the drain deadline, and releases received-but-unstarted messages. The pool never
+//! stops between a SCIM write and its audit row.
+//!
+//! This is the only module that deletes termination messages or sends them to the
+//! dead-letter queue. It does not talk SCIM (the engine does), does not parse
+//! manifests, and never updates an audit row (the store is append-only).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::audit::AuditEntry;
+use crate::domain::{IdempotencyKey, Outcome};
+use crate::engine::{Deprovision, Report, Request};
+use crate::queue::{
+    MAX_BATCH, MAX_DELAY, MAX_VISIBILITY, OutgoingMessage, Queue, QueueError, ReceivedMessage,
+    TerminationMessage, attr, truncate,
+};
+
+/// The two audit-store operations the pipeline needs (implemented by the audit
+/// store; tests use fakes). Append-only: there is no update.
+pub trait AuditSink: Send + Sync + 'static {
+    /// The store's error type.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Appends one row; returns its id.
+    fn append(&self, entry: &AuditEntry) -> impl Future<Output = Result<i64, Self::Error>> + Send;
+
+    /// The most recent terminal outcome recorded for this termination, if any.
+    fn latest_terminal_outcome(
+        &self,
+        key: &IdempotencyKey,
+    ) -> impl Future<Output = Result<Option<Outcome>, Self::Error>> + Send;
+}
+
+impl AuditSink for crate::audit::AuditStore {
+    type Error = crate::audit::AuditError;
+
+    async fn append(&self, entry: &AuditEntry) -> Result<i64, Self::Error> {
+        crate::audit::AuditStore::append(self, entry).await
+    }
+
+    async fn latest_terminal_outcome(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Outcome>, Self::Error> {
+        crate::audit::AuditStore::latest_terminal_outcome(self, key).await
+    }
+}
+
+/// How the pool behaves. [`Default`] gives the production values.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Terminations in flight at once (`CONCURRENCY`).
+    pub concurrency: usize,
+    /// Long-poll wait per receive (SQS allows at most 20 s).
+    pub receive_wait: Duration,
+    /// How long one engine attempt may take before it is reported as
+    /// `retrying` (the engine's deadline).
+    pub attempt_timeout: Duration,
+    /// How long started terminations may take to finish after shutdown begins.
+    /// Keep it below ECS's `stopTimeout` (30 s by default).
+    pub drain_deadline: Duration,
+    /// First retry delay after a transient failure; doubles per receive.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Resolve and plan only: nothing is changed, nothing is dead-lettered, and
+    /// audit rows say `dry_run` (so a later real run is not suppressed).
+    pub dry_run: bool,
+    /// What to do with a termination whose effective time is still ahead.
+    pub not_due: NotDuePolicy,
+}
+
+/// What the pool does with a termination that is not yet due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NotDuePolicy {
+    /// Keep it on the queue, hidden until its effective time (the service).
+    #[default]
+    Hold,
+    /// Record it as `scheduled` and drop it from the in-process queue (the
+    /// one-shot `run`, which must end; run it again after the date).
+    Defer,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            receive_wait: crate::queue::MAX_WAIT,
+            attempt_timeout: Duration::from_secs(60),
+            drain_deadline: Duration::from_secs(25),
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(15 * 60),
+            dry_run: false,
+            not_due: NotDuePolicy::Hold,
+        }
+    }
+}
+
+/// What one message came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A terminal outcome that is not dead-lettered (`deactivated`,
+    /// `already_inactive`, `not_found`, `protected`): audited, message deleted.
+    Done(Outcome),
+    /// A permanent failure: copied to the dead-letter queue with its reason,
+    /// audited, message deleted.
+    DeadLettered(Outcome),
+    /// The audit already holds a terminal outcome for this termination: deleted
+    /// without acting or counting again.
+    AlreadyDone(Outcome),
+    /// Returned to the queue, to be received again after `delay` (a transient
+    /// failure, an audit write that failed, or the same termination in progress
+    /// in another worker).
+    Retry {
+        /// Why.
+        reason: String,
+        /// How long it stays hidden.
+        delay: Duration,
+    },
+    /// Not due yet: hidden until its effective time (at most 12 h at a time).
+    NotDue {
+        /// How long it stays hidden.
+        delay: Duration,
+    },
+    /// Not due yet, and the pool defers instead of holding
+    /// ([`NotDuePolicy::Defer`]): recorded as `scheduled`, message deleted.
+    Deferred {
+        /// When it takes effect.
+        effective_at: chrono::DateTime<Utc>,
+    },
+    /// A dry run: what would happen was recorded as `dry_run`; message deleted.
+    DryRun(Outcome),
+    /// The step could not finish talking to the queue (e.g. the delete failed);
+    /// the message will be received again and the audit check makes that
+    /// harmless.
+    QueueFailed(String),
+}
+
+/// Running counts, readable while the pool runs (progress bars) and at the end.
+#[derive(Debug, Default)]
+pub struct Tally {
+    outcomes: [AtomicU64; Outcome::ALL.len()],
+    would: [AtomicU64; Outcome::ALL.len()],
+    already_done: AtomicU64,
+    retried: AtomicU64,
+    not_due: AtomicU64,
+    queue_failures: AtomicU64,
+}
+
+/// A copy of [`Tally`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TallySnapshot {
+    /// Terminations finished, by terminal outcome (and `dry_run`), counted once
+    /// each.
+    pub outcomes: Vec<(Outcome, u64)>,
+    /// In a dry run: what each termination would have come to.
+    pub would: Vec<(Outcome, u64)>,
+    /// Redeliveries of already-finished terminations, deleted without acting.
+    pub already_done: u64,
+    /// Messages returned to the queue for another attempt.
+    pub retried: u64,
+    /// Messages held (or deferred) because they were not yet due.
+    pub not_due: u64,
+    /// Steps that could not complete a queue call.
+    pub queue_failures: u64,
+}
+
+impl TallySnapshot {
+    /// The count for one outcome.
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.outcomes
+            .iter()
+            .find(|(o, _)| *o == outcome)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Terminations that reached a final state (terminal outcomes and dry runs).
+    pub fn finished(&self) -> u64 {
+        self.outcomes.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl Tally {
+    fn index(outcome: Outcome) -> usize {
+        Outcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or_default()
+    }
+
+    fn record(&self, step: &Step) {
+        let counter = match step {
+            Step::Done(o) | Step::DeadLettered(o) => &self.outcomes[Self::index(*o)],
+            Step::DryRun(would) => {
+                self.would[Self::index(*would)].fetch_add(1, Ordering::Relaxed);
+                &self.outcomes[Self::index(Outcome::DryRun)]
+            }
+            Step::AlreadyDone(_) => &self.already_done,
+            Step::Retry { .. } => &self.retried,
+            Step::NotDue { .. } | Step::Deferred { .. } => &self.not_due,
+            Step::QueueFailed(_) => &self.queue_failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn snapshot(&self) -> TallySnapshot {
+        TallySnapshot {
+            outcomes: Outcome::ALL
+                .iter()
+                .map(|o| (*o, self.outcomes[Self::index(*o)].load(Ordering::Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            would: Outcome::ALL
+                .iter()
+                .map(|o| (*o, self.would[Self::index(*o)].load(Ordering::Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            already_done: self.already_done.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            not_due: self.not_due.load(Ordering::Relaxed),
+            queue_failures: self.queue_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How the pool ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerReport {
+    /// The counts.
+    pub tally: TallySnapshot,
+    /// False when the drain deadline passed with terminations still running
+    /// (their messages become visible again when their visibility lapses).
+    pub drained: bool,
+    /// Received-but-unstarted messages released at shutdown.
+    pub released: u64,
+}
+
+/// The pool. Build one, then [`Consumer::run`] it, or drive single messages with
+/// [`Consumer::handle`] (tests).
+pub struct Consumer<Q: Queue, E: Deprovision + 'static, A: AuditSink> {
+    shared: Arc<Shared<Q, E, A>>,
+    /// The batch-delete task, started on first use, stopped when the pool is
+    /// dropped.
+    deleter: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Drop for Consumer<Q, E, A> {
+    fn drop(&mut self) {
+        if let Some(h) = lock(&self.deleter).take() {
+            h.abort();
+        }
+    }
+}
+
+struct Shared<Q, E, A> {
+    queue: Q,
+    dead_letter: Q,
+    engine: Arc<E>,
+    audit: Arc<A>,
+    options: ConsumerOptions,
+    tally: Arc<Tally>,
+    /// Message id → its latest receipt handle, for messages being worked on. A
+    /// redelivery of one of them (its visibility lapsed) only refreshes the handle.
+    inflight: Mutex<HashMap<String, String>>,
+    /// Idempotency keys being worked on in this process: the same termination
+    /// from two manifests is never run twice at once.
+    busy: Mutex<HashSet<IdempotencyKey>>,
+    deletes: mpsc::Sender<DeleteRequest>,
+    deletes_rx: Mutex<Option<mpsc::Receiver<DeleteRequest>>>,
+}
+
+struct DeleteRequest {
+    message_id: String,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Consumer<Q, E, A> {
+    /// A pool receiving from `queue` and dead-lettering into `dead_letter`.
+    pub fn new(
+        queue: Q,
+        dead_letter: Q,
+        engine: Arc<E>,
+        audit: Arc<A>,
+        options: ConsumerOptions,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(256);
+        Self {
+            shared: Arc::new(Shared {
+                queue,
+                dead_letter,
+                engine,
+                audit,
+                options,
+                tally: Arc::new(Tally::default()),
+                inflight: Mutex::new(HashMap::new()),
+                busy: Mutex::new(HashSet::new()),
+                deletes: tx,
+                deletes_rx: Mutex::new(Some(rx)),
+            }),
+            deleter: Mutex::new(None),
+        }
+    }
+
+    /// The live counts (shared; cheap to clone).
+    pub fn tally(&self) -> Arc<Tally> {
+        self.shared.tally.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains: started terminations
+    /// finish (up to the drain deadline), unstarted ones are released
+    /// (visibility 0). Receive errors are logged and retried with backoff; they
+    /// never end the pool.
+    pub async fn run(&self, shutdown: CancellationToken) -> ConsumerReport {
+        let shared = &self.shared;
+        self.ensure_deleter();
+        let concurrency = shared.options.concurrency.max(1);
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let tracker = TaskTracker::new();
+        let mut released = 0u64;
+        let mut receive_failures = 0u32;
+        info!(
+            queue = shared.queue.name(),
+            concurrency,
+            visibility_s = shared.queue.settings().visibility_timeout.as_secs(),
+            max_receive_count = shared.queue.settings().max_receive_count,
+            "consumer started"
+        );
+        'intake: loop {
+            // A permit before receiving: never hold a message that cannot start.
+            let first = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let mut batch_permits = vec![first];
+            while batch_permits.len() < MAX_BATCH {
+                match permits.clone().try_acquire_owned() {
+                    Ok(p) => batch_permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let received = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                r = shared.queue.receive(batch_permits.len() as u32, shared.options.receive_wait) => r,
+            };
+            let messages = match received {
+                Ok(m) => {
+                    receive_failures = 0;
+                    m
+                }
+                Err(e) => {
+                    receive_failures = receive_failures.saturating_add(1);
+                    let delay = backoff(
+                        Duration::from_secs(1),
+                        Duration::from_secs(30),
+                        receive_failures,
+                    );
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "receive failed");
+                    drop(batch_permits);
+                    tokio::select! {
+                        () = shutdown.cancelled() => break 'intake,
+                        () = tokio::time::sleep(delay) => continue 'intake,
+                    }
+                }
+            };
+            let mut batch_permits = batch_permits.into_iter();
+            for message in messages {
+                if shutdown.is_cancelled() {
+                    released += 1;
+                    shared.release(&message).await;
+                    continue;
+                }
+                {
+                    let mut inflight = lock(&shared.inflight);
+                    if let Some(handle) = inflight.get_mut(&message.message_id) {
+                        // Its visibility lapsed while we work on it: keep the newest
+                        // handle so our deletes and extensions still apply.
+                        debug!(message_id = %message.message_id, "redelivered while in progress");
+                        *handle = message.receipt_handle.clone();
+                        continue;
+                    }
+                    inflight.insert(message.message_id.clone(), message.receipt_handle.clone());
+                }
+                let Some(permit) = batch_permits.next() else {
+                    // Unreachable: a receive never returns more than asked for.
+                    lock(&shared.inflight).remove(&message.message_id);
+                    released += 1;
+                    shared.release(&message).await;
+                    continue;
+                };
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    shared.work(message, permit).await;
+                });
+            }
+        }
+        tracker.close();
+        info!(in_flight = tracker.len(), "consumer draining");
+        let drained = tokio::time::timeout(shared.options.drain_deadline, tracker.wait())
+            .await
+            .is_ok();
+        if !drained {
+            warn!(
+                still_running = tracker.len(),
+                "drain deadline passed; unfinished messages reappear when their visibility lapses"
+            );
+        }
+        let report = ConsumerReport {
+            tally: shared.tally.snapshot(),
+            drained,
+            released,
+        };
+        info!(?report, "consumer stopped");
+        report
+    }
+
+    /// Handles one received message to its end state (the step function of the
+    /// pool, without the concurrency, extension and drain around it). The message
+    /// must not be in flight elsewhere in this pool.
+    pub async fn handle(&self, message: ReceivedMessage) -> Step {
+        self.ensure_deleter();
+        lock(&self.shared.inflight)
+            .insert(message.message_id.clone(), message.receipt_handle.clone());
+        let step = self.shared.step(&message).await;
+        lock(&self.shared.inflight).remove(&message.message_id);
+        self.shared.tally.record(&step);
+        step
+    }
+
+    fn ensure_deleter(&self) {
+        if let Some(rx) = lock(&self.shared.deletes_rx).take() {
+            let shared = self.shared.clone();
+            *lock(&self.deleter) = Some(tokio::spawn(async move { shared.run_deleter(rx).await }));
+        }
+    }
+}
+
+/// Exponential backoff from `base`, doubling per attempt (1-based), capped at
+/// `max`, with jitter over the upper half so retries from many workers spread.
+fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(max);
+    let low = exp / 2;
+    let jitter_ms = rand::random_range(0..=(exp - low).as_millis().min(u64::MAX as u128) as u64);
+    low + Duration::from_millis(jitter_ms)
+}
+
+/// Best effort: the externalId of a body that did not decode, for the audit row.
+fn raw_external_id(body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v.get("record")?
+        .get("externalId")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
+    /// One message, in its worker task: the step, with the visibility extended
+    /// while it runs.
+    async fn work(self: Arc<Self>, message: ReceivedMessage, permit: OwnedSemaphorePermit) {
+        let span = info_span!(
+            "termination",
+            message_id = %message.message_id,
+            receive_count = message.receive_count,
+            external_id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let step = async {
+            tokio::select! {
+                biased;
+                step = self.step(&message) => step,
+                never = self.extend_visibility(&message.message_id) => match never {},
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        lock(&self.inflight).remove(&message.message_id);
+        self.tally.record(&step);
+        span.in_scope(|| info!(?step, "message handled"));
+        drop(permit);
+    }
+
+    /// Keeps the message hidden while its termination runs: every half visibility
+    /// timeout, set it to a full one again, using the newest receipt handle.
+    async fn extend_visibility(&self, message_id: &str) -> std::convert::Infallible {
+        let lease = self
+            .queue
+            .settings()
+            .visibility_timeout
+            .max(Duration::from_secs(2));
+        loop {
+            tokio::time::sleep(lease / 2).await;
+            let Some(receipt) = lock(&self.inflight).get(message_id).cloned() else {
+                continue;
+            };
+            if let Err(e) = self.queue.change_visibility(&receipt, lease).await {
+                warn!(error = %e, "could not extend visibility");
+            }
+        }
+    }
+
+    fn current_receipt(&self, message: &ReceivedMessage) -> String {
+        lock(&self.inflight)
+            .get(&message.message_id)
+            .cloned()
+            .unwrap_or_else(|| message.receipt_handle.clone())
+    }
+
+    fn is_last_receive(&self, message: &ReceivedMessage) -> bool {
+        self.queue
+            .settings()
+            .max_receive_count
+            .is_some_and(|max| message.receive_count >= max)
+    }
+
+    /// The decisions for one message.
+    async fn step(&self, message: &ReceivedMessage) -> Step {
+        let started = Instant::now();
+        let termination = match TerminationMessage::decode(&message.body) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "undecodable termination message");
+                let mut entry = self.entry(message, None, Outcome::Invalid, started);
+                entry.external_id = raw_external_id(&message.body);
+                entry.error_message = Some(e.to_string());
+                return self.dead_letter(message, entry, &e.to_string()).await;
+            }
+        };
+        tracing::Span::current().record("external_id", termination.record.external_id.as_str());
+        let key = termination.idempotency_key.clone();
+
+        match self.audit.latest_terminal_outcome(&key).await {
+            Ok(Some(previous)) => {
+                let replayed = message.attributes.contains_key(attr::REPLAYED);
+                if !(previous.is_dead_lettered() && replayed) {
+                    info!(%previous, "termination already finished; deleting the redelivery");
+                    return match self.delete(message).await {
+                        Ok(()) => Step::AlreadyDone(previous),
+                        Err(e) => Step::QueueFailed(e),
+                    };
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return self
+                    .retry(message, format!("audit store unreadable: {e}"), None)
+                    .await;
+            }
+        }
+
+        let now = Utc::now();
+        if termination.effective_at > now && !self.options.dry_run {
+            let wait = (termination.effective_at - now)
+                .to_std()
+                .unwrap_or_default();
+            let delay = wait.min(MAX_VISIBILITY);
+            if self.options.not_due == NotDuePolicy::Defer {
+                info!(effective_at = %termination.effective_at, "not yet due; recorded as scheduled");
+                let mut entry =
+                    self.entry(message, Some(&termination), Outcome::Scheduled, started);
+                entry.error_message = Some(format!(
+                    "not due until {}; nothing was changed",
+                    termination.effective_at.to_rfc3339()
+                ));
+                return match self.audit.append(&entry).await {
+                    Ok(_) => match self.delete(message).await {
+                        Ok(()) => Step::Deferred {
+                            effective_at: termination.effective_at,
+                        },
+                        Err(e) => Step::QueueFailed(e),
+                    },
+                    Err(e) => {
+                        self.retry(message, format!("audit write failed: {e}"), None)
+                            .await
+                    }
+                };
+            }
+            info!(effective_at = %termination.effective_at, "not yet due; holding");
+            return match self.hold(message, delay).await {
+                Ok(()) => Step::NotDue { delay },
+                Err(e) => Step::QueueFailed(e),
+            };
+        }
+
+        if !lock(&self.busy).insert(key.clone()) {
+            return self
+                .retry(
+                    message,
+                    "the same termination is in progress in another worker".into(),
+                    None,
+                )
+                .await;
+        }
+        let report = self
+            .engine
+            .deprovision(&Request {
+                external_id: termination.record.external_id.clone(),
+                user_id: termination.record.user_id.clone(),
+                dry_run: self.options.dry_run,
+                deadline: Instant::now() + self.options.attempt_timeout,
+            })
+            .await;
+        let step = self.conclude(message, &termination, &report, started).await;
+        lock(&self.busy).remove(&key);
+        step
+    }
+
+    /// Acts on the engine's report.
+    async fn conclude(
+        &self,
+        message: &ReceivedMessage,
+        termination: &TerminationMessage,
+        report: &Report,
+        started: Instant,
+    ) -> Step {
+        tracing::Span::current().record("outcome", report.outcome.as_str());
+        let mut entry = self.entry(message, Some(termination), report.outcome, started);
+        entry.user_id = report.user_id.as_ref().map(|u| u.as_str().to_owned());
+        entry.status_code = report.status_code;
+        entry.credential = report.credential;
+        entry.groups_removed = report.groups_removed.iter().map(|g| g.id.clone()).collect();
+        entry.correlation_ids = report.correlation_ids.clone();
+        entry.error_message = report.detail.clone();
+        entry.success = report.outcome.is_success();
+
+        if self.options.dry_run {
+            // A dry run must not look terminal to a later real run.
+            let would = report.outcome;
+            entry.outcome = Outcome::DryRun;
+            entry.success = false;
+            entry.error_message = Some(match &report.detail {
+                Some(d) => format!("dry run: would be {would}: {d}"),
+                None => format!("dry run: would be {would}"),
+            });
+            return match self.audit.append(&entry).await {
+                Ok(_) => match self.delete(message).await {
+                    Ok(()) => Step::DryRun(would),
+                    Err(e) => Step::QueueFailed(e),
+                },
+                Err(e) => {
+                    self.retry(message, format!("audit write failed: {e}"), None)
+                        .await
+                }
+            };
+        }
+
+        match report.outcome {
+            o if o.is_terminal() && !o.is_dead_lettered() => {
+                match self.audit.append(&entry).await {
+                    Ok(_) => match self.delete(message).await {
+                        Ok(()) => Step::Done(o),
+                        Err(e) => Step::QueueFailed(e),
+                    },
+                    Err(e) => self.audit_failed(message, entry, e.to_string()).await,
+                }
+            }
+            o if o.is_terminal() => {
+                let reason = report.detail.clone().unwrap_or_else(|| o.to_string());
+                self.dead_letter(message, entry, &reason).await
+            }
+            Outcome::Retrying if self.is_last_receive(message) => {
+                let detail = format!(
+                    "transient failure on the last allowed receive ({}): {}",
+                    message.receive_count,
+                    report.detail.as_deref().unwrap_or("no detail")
+                );
+                entry.outcome = Outcome::Failed;
+                entry.error_message = Some(detail.clone());
+                self.dead_letter(message, entry, &detail).await
+            }
+            // Retrying, Held (and Scheduled, which the engine does not return):
+            // the attempt is recorded, then the message comes back later.
+            o => {
+                let reason = report.detail.clone().unwrap_or_else(|| o.to_string());
+                if let Err(e) = self.audit.append(&entry).await {
+                    warn!(error = %e, "could not audit a non-terminal attempt");
+                }
+                self.retry(message, reason, report.retry_after).await
+            }
+        }
+    }
+
+    /// The audit row for this message, filled with what the message tells.
+    fn entry(
+        &self,
+        message: &ReceivedMessage,
+        termination: Option<&TerminationMessage>,
+        outcome: Outcome,
+        started: Instant,
+    ) -> AuditEntry {
+        AuditEntry {
+            external_id: termination.map(|t| t.record.external_id.as_str().to_owned()),
+            user_id: termination
+                .and_then(|t| t.record.user_id.as_ref())
+                .map(|u| u.as_str().to_owned()),
+            action: "deactivate".into(),
+            status_code: None,
+            success: outcome.is_success(),
+            error_message: None,
+            outcome,
+            credential: None,
+            groups_removed: Vec::new(),
+            attempt: message.receive_count,
+            sqs_message_id: Some(message.message_id.clone()),
+            manifest: termination.map(|t| t.origin.clone()),
+            effective_at: termination.map(|t| t.effective_at),
+            correlation_ids: Vec::new(),
+            duration_ms: Some(started.elapsed().as_millis().try_into().unwrap_or(u64::MAX)),
+            idempotency_key: termination.map(|t| t.idempotency_key.clone()),
+            actor: None,
+        }
+    }
+
+    /// Permanent failure: DLQ copy first (so an audit row saying "dead-lettered"
+    /// always has a copy to replay), then the audit row, then the delete.
+    async fn dead_letter(
+        &self,
+        message: &ReceivedMessage,
+        entry: AuditEntry,
+        reason: &str,
+    ) -> Step {
+        let outcome = entry.outcome;
+        if self.options.dry_run {
+            let mut entry = entry;
+            entry.outcome = Outcome::DryRun;
+            entry.success = false;
+            entry.error_message =
+                Some(format!("dry run: would dead-letter as {outcome}: {reason}"));
+            return match self.audit.append(&entry).await {
+                Ok(_) => match self.delete(message).await {
+                    Ok(()) => Step::DryRun(outcome),
+                    Err(e) => Step::QueueFailed(e),
+                },
+                Err(e) => {
+                    self.retry(message, format!("audit write failed: {e}"), None)
+                        .await
+                }
+            };
+        }
+        let copy = OutgoingMessage {
+            body: message.body.clone(),
+            attributes: [
+                (attr::REASON.to_owned(), outcome.as_str().to_owned()),
+                (attr::DETAIL.to_owned(), truncate(reason, 1000)),
+                (
+                    attr::SOURCE_MESSAGE_ID.to_owned(),
+                    message.message_id.clone(),
+                ),
+                (
+                    attr::RECEIVE_COUNT.to_owned(),
+                    message.receive_count.to_string(),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+            delay: Duration::ZERO,
+        };
+        match self
+            .dead_letter
+            .send_batch(std::slice::from_ref(&copy))
+            .await
+        {
+            Ok(failures) if failures.is_empty() => {}
+            Ok(failures) => {
+                let why = failures
+                    .first()
+                    .map(|f| format!("{}: {}", f.code, f.message))
+                    .unwrap_or_default();
+                return self
+                    .retry(message, format!("dead-letter send failed: {why}"), None)
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .retry(message, format!("dead-letter send failed: {e}"), None)
+                    .await;
+            }
+        }
+        warn!(%outcome, reason, "dead-lettered");
+        if let Err(e) = self.audit.append(&entry).await {
+            // The DLQ holds the copy; leaving the original too means a second copy
+            // at worst, never a lost termination.
+            return self
+                .retry(
+                    message,
+                    format!("audit write failed after dead-lettering: {e}"),
+                    None,
+                )
+                .await;
+        }
+        match self.delete(message).await {
+            Ok(()) => Step::DeadLettered(outcome),
+            Err(e) => Step::QueueFailed(e),
+        }
+    }
+
+    /// The terminal outcome could not be audited: keep the message (it is not
+    /// acknowledged), unless this was its last allowed receive, in which case it
+    /// goes to the DLQ with the reason rather than being moved there silently.
+    async fn audit_failed(
+        &self,
+        message: &ReceivedMessage,
+        mut entry: AuditEntry,
+        error: String,
+    ) -> Step {
+        warn!(
+            error,
+            "audit write failed; the message stays unacknowledged"
+        );
+        if self.is_last_receive(message) {
+            let detail = format!(
+                "audit write failed on the last allowed receive after outcome {}: {error}",
+                entry.outcome
+            );
+            entry.error_message = Some(detail.clone());
+            entry.outcome = Outcome::Failed;
+            entry.success = false;
+            return self.dead_letter(message, entry, &detail).await;
+        }
+        self.retry(message, format!("audit write failed: {error}"), None)
+            .await
+    }
+
+    /// Returns the message to the queue after a jittered backoff (at least the
+    /// server's `retry_after`). At the last allowed receive the message is
+    /// re-sent fresh instead, so that a wait never becomes a silent redrive.
+    async fn retry(
+        &self,
+        message: &ReceivedMessage,
+        reason: String,
+        retry_after: Option<Duration>,
+    ) -> Step {
+        let mut delay = backoff(
+            self.options.retry_base,
+            self.options.retry_max,
+            message.receive_count,
+        );
+        if let Some(after) = retry_after {
+            delay = delay.max(after);
+        }
+        let delay = delay.min(MAX_VISIBILITY);
+        info!(
+            reason,
+            delay_ms = delay.as_millis() as u64,
+            "returning message to the queue"
+        );
+        match self.hold(message, delay).await {
+            Ok(()) => Step::Retry { reason, delay },
+            Err(e) => Step::QueueFailed(e),
+        }
+    }
+
+    /// Hides the message for `delay`. On its last allowed receive a visibility
+    /// change would let the redrive policy move it to the DLQ without a reason on
+    /// the next receive, so a fresh copy (receive count reset, delay ≤ 15 min) is
+    /// sent and the original deleted.
+    async fn hold(&self, message: &ReceivedMessage, delay: Duration) -> Result<(), String> {
+        if self.is_last_receive(message) {
+            let copy = OutgoingMessage {
+                body: message.body.clone(),
+                attributes: message.attributes.clone(),
+                delay: delay.min(MAX_DELAY),
+            };
+            match self.queue.send_batch(std::slice::from_ref(&copy)).await {
+                Ok(f) if f.is_empty() => {}
+                Ok(f) => return Err(format!("re-send failed: {f:?}")),
+                Err(e) => return Err(e.to_string()),
+            }
+            return self.delete(message).await;
+        }
+        let receipt = self.current_receipt(message);
+        self.queue
+            .change_visibility(&receipt, delay)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Releases an unstarted message at shutdown: visible again at once (or
+    /// re-sent fresh on its last receive), so no attempt is lost or counted.
+    async fn release(&self, message: &ReceivedMessage) {
+        let result = if self.is_last_receive(message) {
+            self.hold(message, Duration::ZERO).await
+        } else {
+            self.queue
+                .change_visibility(&message.receipt_handle, Duration::ZERO)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = result {
+            warn!(message_id = %message.message_id, error = e, "could not release message");
+        }
+    }
+
+    /// Deletes through the batching task; resolves when the delete (with its
+    /// retries) is done.
+    async fn delete(&self, message: &ReceivedMessage) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        let request = DeleteRequest {
+            message_id: message.message_id.clone(),
+            done,
+        };
+        if self.deletes.send(request).await.is_err() {
+            return Err("the delete task has stopped".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the delete task has stopped".into()))
+    }
+
+    /// Collects deletes from all workers into DeleteMessageBatch calls of up to
+    /// ten, inspects each entry's result, and retries the failed entries (up to
+    /// three times) with the message's current receipt handle.
+    async fn run_deleter(&self, mut rx: mpsc::Receiver<DeleteRequest>) {
+        while let Some(first) = rx.recv().await {
+            let mut pending = vec![first];
+            while pending.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => pending.push(r),
+                    Err(_) => break,
+                }
+            }
+            let mut last_error = String::new();
+            for attempt in 1..=3u32 {
+                let receipts: Vec<String> = {
+                    let inflight = lock(&self.inflight);
+                    pending
+                        .iter()
+                        .map(|r| inflight.get(&r.message_id).cloned().unwrap_or_default())
+                        .collect()
+                };
+                match self.queue.delete_batch(&receipts).await {
+                    Ok(failures) => {
+                        let failed: HashSet<usize> = failures.iter().map(|f| f.index).collect();
+                        if let Some(f) = failures.first() {
+                            last_error = format!("{}: {}", f.code, f.message);
+                        }
+                        let mut still = Vec::new();
+                        for (i, r) in pending.into_iter().enumerate() {
+                            if failed.contains(&i) {
+                                still.push(r);
+                            } else {
+                                let _ = r.done.send(Ok(()));
+                            }
+                        }
+                        pending = still;
+                    }
+                    Err(e) => last_error = e.to_string(),
+                }
+                if pending.is_empty() {
+                    break;
+                }
+                warn!(
+                    failed = pending.len(),
+                    attempt,
+                    error = last_error,
+                    "delete failed; retrying failed entries"
+                );
+                tokio::time::sleep(backoff(
+                    Duration::from_millis(200),
+                    Duration::from_secs(2),
+                    attempt,
+                ))
+                .await;
+            }
+            for r in pending {
+                let _ = r.done.send(Err(format!("delete failed: {last_error}")));
+            }
+        }
+    }
+}
+
+/// `replay-dlq` settings.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Stop after this many replays.
+    pub max: Option<u64>,
+    /// Replay only messages dead-lettered with this reason (an outcome name such
+    /// as `forbidden`; messages moved by the redrive policy itself have none and
+    /// match `unknown`).
+    pub reason: Option<String>,
+    /// List what would be replayed; move nothing.
+    pub dry_run: bool,
+    /// Who asked (recorded in each replay's audit row).
+    pub actor: String,
+}
+
+/// One dead-lettered message seen by `replay-dlq`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayItem {
+    /// Its id on the dead-letter queue.
+    pub message_id: String,
+    /// The termination's externalId, when the body is readable.
+    pub external_id: Option<String>,
+    /// The dead-letter reason (`unknown` when SQS moved it without one).
+    pub reason: String,
+    /// The detail recorded with the reason.
+    pub detail: Option<String>,
+    /// True when it was (or, in a dry run, would be) replayed.
+    pub replayed: bool,
+}
+
+/// What `replay-dlq` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayReport {
+    /// Every distinct message seen, in order.
+    pub items: Vec<ReplayItem>,
+}
+
+impl ReplayReport {
+    /// Messages replayed (or that would be, in a dry run).
+    pub fn replayed(&self) -> usize {
+        self.items.iter().filter(|i| i.replayed).count()
+    }
+}
+
+/// Why a replay stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// A queue call failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// Sending to the terminations queue failed for a message.
+    #[error("cannot send dead-lettered message {message_id} back: {detail}")]
+    Send {
+        /// The DLQ message id.
+        message_id: String,
+        /// The failure.
+        detail: String,
+    },
+    /// The replay could not be audited; the message was sent back but stays on
+    /// the DLQ too (the consumer's idempotency check makes the copy harmless).
+    #[error("cannot audit the replay of {message_id}: {detail}")]
+    Audit {
+        /// The DLQ message id.
+        message_id: String,
+        /// The store's error.
+        detail: String,
+    },
+}
+
+/// Moves dead-lettered messages back to the terminations queue: receive from the
+/// DLQ, send the same body with [`attr::REPLAYED`] (so the consumer attempts it
+/// although its last outcome dead-lettered it), audit the replay (action
+/// `replay`, outcome `retrying`), then delete it from the DLQ. Messages that do not
+/// match `--reason`, and everything in a dry run, are kept hidden while the DLQ is
+/// scanned and released at the end, so each is seen once. Works against any
+/// [`Queue`] (moto has no StartMessageMoveTask).
+pub async fn replay_dead_letters<Q: Queue, A: AuditSink>(
+    dead_letter: &Q,
+    target: &Q,
+    audit: &A,
+    options: &ReplayOptions,
+) -> Result<ReplayReport, ReplayError> {
+    let mut report = ReplayReport::default();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut held: Vec<String> = Vec::new();
+    let result = async {
+        loop {
+            let room = options
+                .max
+                .map_or(MAX_BATCH as u64, |m| m.saturating_sub(report.replayed() as u64));
+            if room == 0 {
+                break;
+            }
+            let batch = dead_letter
+                .receive(room.min(MAX_BATCH as u64) as u32, Duration::from_secs(1))
+                .await?;
+            if batch.is_empty() || batch.iter().all(|m| seen.contains_key(&m.message_id)) {
+                held.extend(batch.into_iter().map(|m| m.receipt_handle));
+                break;
+            }
+            for message in batch {
+                if seen.insert(message.message_id.clone(), message.receipt_handle.clone()).is_some() {
+                    held.push(message.receipt_handle);
+                    continue;
+                }
+                let reason = message
+                    .attributes
+                    .get(attr::REASON)
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".to_owned());
+                let decoded = TerminationMessage::decode(&message.body).ok();
+                let mut item = ReplayItem {
+                    message_id: message.message_id.clone(),
+                    external_id: decoded
+                        .as_ref()
+                        .map(|t| t.record.external_id.as_str().to_owned())
+                        .or_else(|| raw_external_id(&message.body)),
+                    reason: reason.clone(),
+                    detail: message.attributes.get(attr::DETAIL).cloned(),
+                    replayed: false,
+                };
+                let wanted = options.reason.as_ref().is_none_or(|r| *r == reason)
+                    && options
+                        .max
+                        .is_none_or(|m| (report.replayed() as u64) < m);
+                if !wanted || options.dry_run {
+                    item.replayed = wanted;
+                    report.items.push(item);
+                    held.push(message.receipt_handle);
+                    continue;
+                }
+                let mut attributes = message.attributes.clone();
+                attributes.insert(attr::REPLAYED.to_owned(), Utc::now().to_rfc3339());
+                let copy = OutgoingMessage {
+                    body: message.body.clone(),
+                    attributes,
+                    delay: Duration::ZERO,
+                };
+                let failures = target.send_batch(std::slice::from_ref(&copy)).await?;
+                if let Some(f) = failures.first() {
+                    held.push(message.receipt_handle);
+                    return Err(ReplayError::Send {
+                        message_id: message.message_id,
+                        detail: format!("{}: {}", f.code, f.message),
+                    });
+                }
+                let entry = AuditEntry {
+                    external_id: item.external_id.clone(),
+                    user_id: decoded
+                        .as_ref()
+                        .and_then(|t| t.record.user_id.as_ref())
+                        .map(|u| u.as_str().to_owned()),
+                    action: "replay".into(),
+                    status_code: None,
+                    success: false,
+                    error_message: Some(format!(
+                        "replayed from the dead-letter queue (reason {reason}{})",
+                        item.detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
+                    )),
+                    outcome: Outcome::Retrying,
+                    credential: None,
+                    groups_removed: Vec::new(),
+                    attempt: message.receive_count,
+                    sqs_message_id: Some(message.message_id.clone()),
+                    manifest: decoded.as_ref().map(|t| t.origin.clone()),
+                    effective_at: decoded.as_ref().map(|t| t.effective_at),
+                    correlation_ids: Vec::new(),
+                    duration_ms: None,
+                    idempotency_key: decoded.as_ref().map(|t| t.idempotency_key.clone()),
+                    actor: Some(options.actor.clone()),
+                };
+                if let Err(e) = audit.append(&entry).await {
+                    held.push(message.receipt_handle);
+                    return Err(ReplayError::Audit {
+                        message_id: message.message_id,
+                        detail: e.to_string(),
+                    });
+                }
+                let failures = dead_letter
+                    .delete_batch(std::slice::from_ref(&message.receipt_handle))
+                    .await?;
+                if let Some(f) = failures.first() {
+                    warn!(message_id = %message.message_id, code = f.code, "replayed but not deleted from the DLQ; the copy there is harmless");
+                }
+                info!(message_id = %message.message_id, reason, external_id = ?item.external_id, "replayed");
+                item.replayed = true;
+                report.items.push(item);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Newest handles only: a message seen twice was held under its latest one.
+    let latest: HashSet<&String> = seen.values().collect();
+    for receipt in held.iter().filter(|r| latest.contains(r)) {
+        if let Err(e) = dead_letter.change_visibility(receipt, Duration::ZERO).await {
+            warn!(error = %e, "could not release a dead-lettered message");
+        }
+    }
+    result.map(|()| report)
+}
+
+impl From<QueueError> for Step {
+    fn from(e: QueueError) -> Self {
+        Step::QueueFailed(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::ManifestOrigin;
+    use crate::domain::{EffectiveAt, ExternalId, ScimUserId, TerminationDate, TerminationRecord};
+    use crate::queue::MemoryQueue;
+    use std::sync::atomic::AtomicBool;
+
+    /// Audit fake: an in-memory append-only list, with a switch that makes writes
+    /// fail.
+    #[derive(Default)]
+    struct FakeAudit {
+        rows: Mutex<Vec<AuditEntry>>,
+        fail_writes: AtomicBool,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("fake audit store is down")]
+    struct Down;
+
+    impl AuditSink for FakeAudit {
+        type Error = Down;
+        async fn append(&self, entry: &AuditEntry) -> Result<i64, Down> {
+            if self.fail_writes.load(Ordering::SeqCst) {
+                return Err(Down);
+            }
+            let mut rows = lock(&self.rows);
+            rows.push(entry.clone());
+            Ok(rows.len() as i64)
+        }
+        async fn latest_terminal_outcome(
+            &self,
+            key: &IdempotencyKey,
+        ) -> Result<Option<Outcome>, Down> {
+            Ok(lock(&self.rows)
+                .iter()
+                .rev()
+                .filter(|r| r.idempotency_key.as_ref() == Some(key) && r.outcome.is_terminal())
+                .map(|r| r.outcome)
+                .next())
+        }
+    }
+
+    impl FakeAudit {
+        fn outcomes(&self) -> Vec<Outcome> {
+            lock(&self.rows).iter().map(|r| r.outcome).collect()
+        }
+    }
+
+    /// Engine fake: a scripted outcome per externalId (default `deactivated`),
+    /// counting calls.
+    #[derive(Default)]
+    struct FakeEngine {
+        script: Mutex<HashMap<String, Vec<Outcome>>>,
+        calls: Mutex<Vec<String>>,
+        /// When set, each call waits for a permit (to hold a termination open).
+        gate: Mutex<Option<Arc<Semaphore>>>,
+        started: tokio::sync::Notify,
+    }
+
+    impl FakeEngine {
+        fn script(&self, external_id: &str, outcomes: &[Outcome]) {
+            lock(&self.script).insert(external_id.into(), outcomes.to_vec());
+        }
+        fn calls(&self, external_id: &str) -> usize {
+            lock(&self.calls)
+                .iter()
+                .filter(|c| *c == external_id)
+                .count()
+        }
+    }
+
+    impl Deprovision for FakeEngine {
+        async fn deprovision(&self, request: &Request) -> Report {
+            let id = request.external_id.as_str().to_owned();
+            lock(&self.calls).push(id.clone());
+            self.started.notify_one();
+            let gate = lock(&self.gate).clone();
+            if let Some(gate) = gate {
+                let _permit = gate.acquire().await;
+            }
+            let outcome = {
+                let mut script = lock(&self.script);
+                match script.get_mut(&id) {
+                    Some(list) if !list.is_empty() => list.remove(0),
+                    _ => Outcome::Deactivated,
+                }
+            };
+            Report {
+                outcome: if request.dry_run && outcome == Outcome::Deactivated {
+                    Outcome::DryRun
+                } else {
+                    outcome
+                },
+                user_id: ScimUserId::parse("u-1").ok(),
+                credential: None,
+                groups_removed: Vec::new(),
+                roles_removed: Vec::new(),
+                status_code: Some(200),
+                correlation_ids: Vec::new(),
+                requests: 2,
+                detail: (!outcome.is_success()).then(|| format!("scripted {outcome}")),
+                retry_after: None,
+                elapsed: Duration::ZERO,
+            }
+        }
+    }
+
+    fn body(external_id: &str, date: &str) -> String {
+        TerminationMessage::new(
+            TerminationRecord {
+                external_id: ExternalId::parse(external_id).unwrap(),
+                user_id: None,
+                termination_date: TerminationDate::parse(date).unwrap(),
+            },
+            ManifestOrigin {
+                bucket: "local".into(),
+                key: "m.json".into(),
+                version: None,
+                index: Some(0),
+            },
+            chrono_tz::UTC,
+            EffectiveAt::StartOfDay,
+        )
+        .encode()
+    }
+
+    struct Fixture {
+        queue: MemoryQueue,
+        dlq: MemoryQueue,
+        engine: Arc<FakeEngine>,
+        audit: Arc<FakeAudit>,
+        consumer: Consumer<MemoryQueue, FakeEngine, FakeAudit>,
+    }
+
+    fn fixture(max_receives: u32, options: ConsumerOptions) -> Fixture {
+        let dlq = MemoryQueue::new("dlq", Duration::from_secs(600));
+        let queue =
+            MemoryQueue::with_dead_letter("q", Duration::from_secs(600), dlq.clone(), max_receives);
+        let engine = Arc::new(FakeEngine::default());
+        let audit = Arc::new(FakeAudit::default());
+        let consumer = Consumer::new(
+            queue.clone(),
+            dlq.clone(),
+            engine.clone(),
+            audit.clone(),
+            options,
+        );
+        Fixture {
+            queue,
+            dlq,
+            engine,
+            audit,
+            consumer,
+        }
+    }
+
+    fn quick() -> ConsumerOptions {
+        ConsumerOptions {
+            concurrency: 4,
+            receive_wait: Duration::from_millis(50),
+            retry_base: Duration::ZERO,
+            retry_max: Duration::ZERO,
+            ..ConsumerOptions::default()
+        }
+    }
+
+    async fn send(q: &MemoryQueue, bodies: &[String]) {
+        let msgs: Vec<OutgoingMessage> = bodies
+            .iter()
+            .map(|b| OutgoingMessage {
+                body: b.clone(),
+                ..OutgoingMessage::default()
+            })
+            .collect();
+        q.send_batch(&msgs).await.unwrap();
+    }
+
+    async fn receive_one(q: &MemoryQueue) -> ReceivedMessage {
+        q.receive(1, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .remove(0)
+    }
+
+    #[tokio::test]
+    async fn success_is_audited_then_deleted_and_redelivery_is_not_acted_on() {
+        let f = fixture(5, quick());
+        send(
+            &f.queue,
+            &[body("E1", "2020-01-01"), body("E1", "2020-01-01")],
+        )
+        .await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::Done(Outcome::Deactivated)
+        );
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::AlreadyDone(Outcome::Deactivated)
+        );
+        assert_eq!(f.engine.calls("E1"), 1);
+        assert_eq!(f.audit.outcomes(), [Outcome::Deactivated]);
+        assert!(f.queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn failed_audit_write_keeps_the_message_and_is_counted_once_later() {
+        let f = fixture(5, quick());
+        send(&f.queue, &[body("E1", "2020-01-01")]).await;
+        f.audit.fail_writes.store(true, Ordering::SeqCst);
+        let step = f.consumer.handle(receive_one(&f.queue).await).await;
+        assert!(matches!(step, Step::Retry { .. }), "{step:?}");
+        assert_eq!(f.queue.len(), 1, "message must not be deleted");
+        assert!(f.audit.outcomes().is_empty());
+
+        f.audit.fail_writes.store(false, Ordering::SeqCst);
+        f.engine.script("E1", &[Outcome::AlreadyInactive]);
+        let step = f.consumer.handle(receive_one(&f.queue).await).await;
+        assert_eq!(step, Step::Done(Outcome::AlreadyInactive));
+        assert_eq!(
+            f.audit.outcomes(),
+            [Outcome::AlreadyInactive],
+            "one terminal row"
+        );
+        assert!(f.queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn permanent_failure_goes_to_the_dlq_with_reason() {
+        let f = fixture(5, quick());
+        f.engine.script("E1", &[Outcome::Forbidden]);
+        send(&f.queue, &[body("E1", "2020-01-01")]).await;
+        let step = f.consumer.handle(receive_one(&f.queue).await).await;
+        assert_eq!(step, Step::DeadLettered(Outcome::Forbidden));
+        assert!(f.queue.is_empty());
+        let dead = f.dlq.snapshot();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].1[attr::REASON], "forbidden");
+        assert!(dead[0].1[attr::DETAIL].contains("scripted forbidden"));
+        assert_eq!(f.audit.outcomes(), [Outcome::Forbidden]);
+    }
+
+    #[tokio::test]
+    async fn redelivered_dead_lettered_message_is_dropped_but_a_replay_is_attempted() {
+        let f = fixture(5, quick());
+        f.engine.script("E1", &[Outcome::Forbidden]);
+        send(
+            &f.queue,
+            &[body("E1", "2020-01-01"), body("E1", "2020-01-01")],
+        )
+        .await;
+        f.consumer.handle(receive_one(&f.queue).await).await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::AlreadyDone(Outcome::Forbidden)
+        );
+        let replay = OutgoingMessage {
+            body: body("E1", "2020-01-01"),
+            attributes: [(attr::REPLAYED.to_owned(), "1".to_owned())]
+                .into_iter()
+                .collect(),
+            delay: Duration::ZERO,
+        };
+        f.queue.send_batch(&[replay]).await.unwrap();
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::Done(Outcome::Deactivated)
+        );
+        assert_eq!(f.engine.calls("E1"), 2);
+    }
+
+    #[tokio::test]
+    async fn transient_failure_backs_off_then_is_dead_lettered_explicitly_on_the_last_receive() {
+        let f = fixture(2, quick());
+        f.engine
+            .script("E1", &[Outcome::Retrying, Outcome::Retrying]);
+        send(&f.queue, &[body("E1", "2020-01-01")]).await;
+        let step = f.consumer.handle(receive_one(&f.queue).await).await;
+        assert!(matches!(step, Step::Retry { .. }), "{step:?}");
+        let second = receive_one(&f.queue).await;
+        assert_eq!(second.receive_count, 2);
+        assert_eq!(
+            f.consumer.handle(second).await,
+            Step::DeadLettered(Outcome::Failed)
+        );
+        let dead = f.dlq.snapshot();
+        assert_eq!(dead[0].1[attr::REASON], "failed");
+        assert!(dead[0].1[attr::DETAIL].contains("last allowed receive"));
+        assert_eq!(f.audit.outcomes(), [Outcome::Retrying, Outcome::Failed]);
+    }
+
+    #[tokio::test]
+    async fn unknown_version_is_dead_lettered_as_invalid() {
+        let f = fixture(5, quick());
+        send(
+            &f.queue,
+            &[r#"{"v":2,"record":{"externalId":"E9"}}"#.to_owned()],
+        )
+        .await;
+        let step = f.consumer.handle(receive_one(&f.queue).await).await;
+        assert_eq!(step, Step::DeadLettered(Outcome::Invalid));
+        assert_eq!(f.dlq.snapshot()[0].1[attr::REASON], "invalid");
+        assert_eq!(lock(&f.audit.rows)[0].external_id.as_deref(), Some("E9"));
+        assert_eq!(f.engine.calls("E9"), 0);
+    }
+
+    #[tokio::test]
+    async fn future_termination_is_held_not_attempted() {
+        let f = fixture(5, quick());
+        send(&f.queue, &[body("E1", "2999-01-01")]).await;
+        let step = f.consumer.handle(receive_one(&f.queue).await).await;
+        assert_eq!(
+            step,
+            Step::NotDue {
+                delay: MAX_VISIBILITY
+            }
+        );
+        assert_eq!(f.engine.calls("E1"), 0);
+        assert_eq!(f.queue.len(), 1);
+        assert!(f.audit.outcomes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn held_on_last_receive_is_resent_fresh_not_redriven() {
+        let f = fixture(1, quick());
+        send(&f.queue, &[body("E1", "2999-01-01")]).await;
+        let step = f.consumer.handle(receive_one(&f.queue).await).await;
+        assert!(matches!(step, Step::NotDue { .. }));
+        assert!(f.dlq.is_empty());
+        assert_eq!(f.queue.len(), 1, "a fresh copy replaces the original");
+    }
+
+    #[tokio::test]
+    async fn dry_run_records_dry_run_rows_only() {
+        let f = fixture(
+            5,
+            ConsumerOptions {
+                dry_run: true,
+                ..quick()
+            },
+        );
+        f.engine.script("E2", &[Outcome::NotFound]);
+        send(
+            &f.queue,
+            &[body("E1", "2020-01-01"), body("E2", "2020-01-01")],
+        )
+        .await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::DryRun(Outcome::DryRun)
+        );
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::DryRun(Outcome::NotFound)
+        );
+        assert_eq!(f.audit.outcomes(), [Outcome::DryRun, Outcome::DryRun]);
+        assert!(f.queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn pool_processes_everything_and_drains_on_shutdown() {
+        let f = fixture(5, quick());
+        let bodies: Vec<String> = (0..25)
+            .map(|i| body(&format!("E{i}"), "2020-01-01"))
+            .collect();
+        for chunk in bodies.chunks(10) {
+            send(&f.queue, chunk).await;
+        }
+        f.engine.script("E3", &[Outcome::Retrying]);
+        f.engine.script("E4", &[Outcome::Ambiguous]);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let queue = f.queue.clone();
+        tokio::spawn(async move {
+            queue.wait_empty().await;
+            stop.cancel();
+        });
+        let report = f.consumer.run(shutdown).await;
+        assert!(report.drained);
+        assert_eq!(report.tally.count(Outcome::Deactivated), 24);
+        assert_eq!(report.tally.count(Outcome::Ambiguous), 1);
+        assert_eq!(report.tally.retried, 1);
+        assert_eq!(report.tally.finished(), 25);
+        assert_eq!(f.dlq.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn shutdown_lets_the_started_termination_finish_and_leaves_the_rest() {
+        let f = fixture(
+            5,
+            ConsumerOptions {
+                concurrency: 1,
+                ..quick()
+            },
+        );
+        let gate = Arc::new(Semaphore::new(0));
+        *lock(&f.engine.gate) = Some(gate.clone());
+        send(
+            &f.queue,
+            &[body("E1", "2020-01-01"), body("E2", "2020-01-01")],
+        )
+        .await;
+        let shutdown = CancellationToken::new();
+        let run = {
+            let consumer = f.consumer;
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { consumer.run(shutdown).await })
+        };
+        f.engine.started.notified().await;
+        // E1 is in the engine; E2 was never received (one permit, taken).
+        shutdown.cancel();
+        gate.add_permits(1);
+        let report = run.await.unwrap();
+        assert!(report.drained);
+        assert_eq!(report.tally.count(Outcome::Deactivated), 1);
+        assert_eq!(f.audit.outcomes(), [Outcome::Deactivated]);
+        let rest = receive_one(&f.queue).await;
+        assert_eq!(
+            rest.receive_count, 1,
+            "never received before, so never attempted"
+        );
+        assert!(f.dlq.is_empty());
+    }
+
+    #[tokio::test]
+    async fn drain_deadline_bounds_the_wait() {
+        let f = fixture(
+            5,
+            ConsumerOptions {
+                drain_deadline: Duration::from_millis(50),
+                ..quick()
+            },
+        );
+        *lock(&f.engine.gate) = Some(Arc::new(Semaphore::new(0)));
+        send(&f.queue, &[body("E1", "2020-01-01")]).await;
+        let shutdown = CancellationToken::new();
+        let started = f.engine.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            started.started.notified().await;
+            stop.cancel();
+        });
+        let report = f.consumer.run(shutdown).await;
+        assert!(!report.drained);
+        assert!(f.audit.outcomes().is_empty());
+        assert_eq!(f.queue.len(), 1, "unfinished message stays for redelivery");
+    }
+
+    #[tokio::test]
+    async fn replay_moves_matching_messages_back_audited_and_keeps_the_rest() {
+        let f = fixture(5, quick());
+        f.engine.script("E1", &[Outcome::Forbidden]);
+        f.engine.script("E2", &[Outcome::Ambiguous]);
+        f.engine.script("E3", &[Outcome::Forbidden]);
+        send(
+            &f.queue,
+            &[
+                body("E1", "2020-01-01"),
+                body("E2", "2020-01-01"),
+                body("E3", "2020-01-01"),
+            ],
+        )
+        .await;
+        for _ in 0..3 {
+            f.consumer.handle(receive_one(&f.queue).await).await;
+        }
+        assert_eq!(f.dlq.len(), 3);
+
+        let dry = ReplayOptions {
+            reason: Some("forbidden".into()),
+            dry_run: true,
+            actor: "tester".into(),
+            ..ReplayOptions::default()
+        };
+        let report = replay_dead_letters(&f.dlq, &f.queue, f.audit.as_ref(), &dry)
+            .await
+            .unwrap();
+        assert_eq!((report.items.len(), report.replayed()), (3, 2));
+        assert_eq!(f.dlq.len(), 3);
+        assert!(f.queue.is_empty());
+
+        let real = ReplayOptions {
+            dry_run: false,
+            max: Some(1),
+            ..dry
+        };
+        let report = replay_dead_letters(&f.dlq, &f.queue, f.audit.as_ref(), &real)
+            .await
+            .unwrap();
+        assert_eq!(report.replayed(), 1);
+        assert_eq!((f.dlq.len(), f.queue.len()), (2, 1));
+        let row = lock(&f.audit.rows).last().cloned().unwrap();
+        assert_eq!(
+            (row.action.as_str(), row.outcome, row.actor.as_deref()),
+            ("replay", Outcome::Retrying, Some("tester"))
+        );
+
+        // The replayed message is attempted again despite its dead-lettered past.
+        let step = f.consumer.handle(receive_one(&f.queue).await).await;
+        assert_eq!(step, Step::Done(Outcome::Deactivated));
+        // Everything left on the DLQ is visible again for the next replay.
+        assert_eq!(f.dlq.receive(10, Duration::ZERO).await.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = |n| backoff(Duration::from_secs(4), Duration::from_secs(60), n);
+        assert!((2..=4).contains(&b(1).as_secs()));
+        assert!((16..=32).contains(&b(4).as_secs()));
+        assert!((30..=60).contains(&b(30).as_secs()));
+    }
+}

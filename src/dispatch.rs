@@ -1,1 +1,1097 @@
-//! Placeholder: filled in by its issue.
+//! The dispatcher: turns a new manifest into one [`TerminationMessage`] per
+//! termination on the terminations queue. Owns reading S3 event notifications from
+//! the manifest-events queue (direct, or wrapped in SNS or EventBridge envelopes;
+//! keys decoded as S3 encodes them), fetching the object (pinned to the version
+//! or ETag first read), validating the whole manifest before anything is enqueued
+//! (two streaming passes, so memory stays bounded), fanning out with
+//! SendMessageBatch (ten per call, several calls in flight, only failed entries
+//! retried), and auditing the manifest (counts) and each rejected record. An
+//! event is deleted only when every record is enqueued or rejected.
+//!
+//! It never deprovisions anyone and never deletes termination messages (only
+//! `consume` does); duplicates across deliveries are harmless because the consumer
+//! checks each idempotency key against the audit.
+
+use std::io::{self, Read};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use chrono_tz::Tz;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::audit::{AuditEntry, ManifestOrigin};
+use crate::consume::AuditSink;
+use crate::domain::{EffectiveAt, Outcome, TerminationRecord};
+use crate::manifest::{self, Entry, Format, ManifestError, Summary};
+use crate::queue::{MAX_BATCH, OutgoingMessage, Queue, TerminationMessage, truncate};
+
+/// An S3 client from the SDK configuration. With a custom endpoint
+/// (`AWS_ENDPOINT_URL`, e.g. moto) buckets are addressed by path, since such
+/// endpoints do not serve virtual-hosted bucket names.
+pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let builder =
+        aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some());
+    aws_sdk_s3::Client::from_conf(builder.build())
+}
+
+/// Where a manifest is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestSource {
+    /// A local file (the embedded `run`).
+    Local(PathBuf),
+    /// An S3 object.
+    S3(ObjectRef),
+}
+
+/// An S3 object named by an event or a command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    /// The bucket.
+    pub bucket: String,
+    /// The object key, decoded (as stored in S3, not as an event encodes it).
+    pub key: String,
+    /// The version the event names, when the bucket is versioned.
+    pub version_id: Option<String>,
+}
+
+impl ManifestSource {
+    /// `s3://bucket/key` (the key taken literally, not percent-decoded) or a local
+    /// path. Errors when an `s3://` URL lacks a bucket or key.
+    pub fn parse(arg: &str) -> Result<Self, DispatchError> {
+        match arg.strip_prefix("s3://") {
+            Some(rest) => match rest.split_once('/') {
+                Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => {
+                    Ok(Self::S3(ObjectRef {
+                        bucket: bucket.to_owned(),
+                        key: key.to_owned(),
+                        version_id: None,
+                    }))
+                }
+                _ => Err(DispatchError::Source(format!(
+                    "{arg:?} is not s3://bucket/key"
+                ))),
+            },
+            None => Ok(Self::Local(PathBuf::from(arg))),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Local(p) => p.display().to_string(),
+            Self::S3(o) => format!("s3://{}/{}", o.bucket, o.key),
+        }
+    }
+
+    fn hint(&self) -> Option<Format> {
+        match self {
+            Self::Local(p) => Format::from_extension(&p.to_string_lossy()),
+            Self::S3(o) => Format::from_extension(&o.key),
+        }
+    }
+}
+
+/// Why a manifest or event could not be dispatched. All but [`Self::Event`] are
+/// worth retrying (the event stays on its queue); a manifest rejected as a whole
+/// is not an error but a [`DispatchReport`] with `rejected_file` set.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The command-line source cannot be used.
+    #[error("invalid manifest source: {0}")]
+    Source(String),
+    /// An `s3://` source without an S3 client configured.
+    #[error("{0} is in S3 but no S3 client is configured")]
+    NoS3(String),
+    /// GetObject failed.
+    #[error("cannot fetch {object}: {detail}")]
+    Fetch {
+        /// `s3://bucket/key`.
+        object: String,
+        /// The SDK's error with its context.
+        detail: String,
+    },
+    /// Reading the bytes failed (network or file).
+    #[error("cannot read manifest {manifest}: {source}")]
+    Io {
+        /// The manifest.
+        manifest: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The second pass read a different manifest than the first.
+    #[error(
+        "manifest {manifest} changed between validation and dispatch ({first:?} vs {second:?})"
+    )]
+    Changed {
+        /// The manifest.
+        manifest: String,
+        /// Counts of the first pass.
+        first: Box<Summary>,
+        /// Counts of the second pass.
+        second: Box<Summary>,
+    },
+    /// Some messages could not be enqueued even after retries.
+    #[error("{failed} termination messages from {manifest} could not be enqueued: {detail}")]
+    Enqueue {
+        /// The manifest.
+        manifest: String,
+        /// How many entries still failed.
+        failed: usize,
+        /// The last failure.
+        detail: String,
+    },
+    /// An audit row could not be written.
+    #[error("cannot audit manifest {manifest}: {detail}")]
+    Audit {
+        /// The manifest.
+        manifest: String,
+        /// The store's error.
+        detail: String,
+    },
+    /// The event body is not an S3 event notification in any envelope we know.
+    #[error("not an S3 event notification: {0}")]
+    Event(String),
+    /// A blocking parser task failed to run.
+    #[error("manifest reader task failed: {0}")]
+    Task(String),
+}
+
+/// What one manifest came to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DispatchReport {
+    /// The manifest (bucket `local` for files; version = S3 version id, else
+    /// ETag).
+    pub origin: ManifestOrigin,
+    /// Record counts (zero when rejected whole).
+    pub summary: Summary,
+    /// Messages enqueued (= `summary.valid`).
+    pub enqueued: u64,
+    /// Why the whole file was rejected, when it was (nothing was enqueued).
+    pub rejected_file: Option<String>,
+}
+
+/// Dispatcher settings.
+#[derive(Debug, Clone)]
+pub struct DispatchOptions {
+    /// The zone in which date-only terminations are read (`HR_TIMEZONE`).
+    pub hr_timezone: Tz,
+    /// Which moment of a date-only day takes effect.
+    pub effective_at: EffectiveAt,
+    /// SendMessageBatch calls in flight at once.
+    pub send_concurrency: usize,
+    /// Attempts per batch entry before the dispatch fails.
+    pub send_attempts: u32,
+    /// Pause before retrying failed entries (doubles per attempt).
+    pub send_retry_base: Duration,
+}
+
+impl Default for DispatchOptions {
+    fn default() -> Self {
+        Self {
+            hr_timezone: chrono_tz::UTC,
+            effective_at: EffectiveAt::StartOfDay,
+            send_concurrency: 4,
+            send_attempts: 5,
+            send_retry_base: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Fans manifests out onto a terminations queue.
+pub struct Dispatcher<Q: Queue, A: AuditSink> {
+    s3: Option<aws_sdk_s3::Client>,
+    queue: Q,
+    audit: Arc<A>,
+    options: DispatchOptions,
+}
+
+/// What an event on the manifest-events queue came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Each created object was dispatched (or rejected whole, and audited).
+    Dispatched(Vec<DispatchReport>),
+    /// `s3:TestEvent`, sent when a notification is configured.
+    Test,
+    /// An event that is not about a new object (e.g. `ObjectRemoved`).
+    Ignored(String),
+}
+
+/// An event notification, unwrapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParsedEvent {
+    /// Objects created.
+    Created(Vec<ObjectRef>),
+    /// `s3:TestEvent`.
+    Test,
+    /// Something else, with its event name.
+    Other(String),
+}
+
+/// Parses an event body: an S3 event notification (`{"Records":[…]}`,
+/// AWS S3 User Guide "Event message structure"), `s3:TestEvent`, either wrapped in
+/// an SNS notification (`{"Type":"Notification","Message":"…"}`), or an
+/// EventBridge `Object Created` event (`{"source":"aws.s3","detail":{…}}`). Keys in
+/// S3 notifications are URL-encoded with `+` for space; EventBridge keys are
+/// not encoded. Errors: [`DispatchError::Event`].
+pub fn parse_event(body: &str) -> Result<ParsedEvent, DispatchError> {
+    let v: serde_json::Value = serde_json::from_str(body)
+        .map_err(|e| DispatchError::Event(format!("body is not JSON: {e}")))?;
+    parse_event_value(&v, 0)
+}
+
+fn parse_event_value(v: &serde_json::Value, depth: u8) -> Result<ParsedEvent, DispatchError> {
+    let bad = |why: &str| DispatchError::Event(why.to_owned());
+    if depth > 3 {
+        return Err(bad("envelopes nested too deeply"));
+    }
+    if v["Type"] == "Notification"
+        && let Some(inner) = v["Message"].as_str()
+    {
+        let inner: serde_json::Value = serde_json::from_str(inner)
+            .map_err(|e| DispatchError::Event(format!("SNS Message is not JSON: {e}")))?;
+        return parse_event_value(&inner, depth + 1);
+    }
+    if v["Event"] == "s3:TestEvent" {
+        return Ok(ParsedEvent::Test);
+    }
+    if v["source"] == "aws.s3" && v["detail"].is_object() {
+        let detail_type = v["detail-type"].as_str().unwrap_or_default();
+        if detail_type != "Object Created" {
+            return Ok(ParsedEvent::Other(detail_type.to_owned()));
+        }
+        let d = &v["detail"];
+        let bucket = d["bucket"]["name"]
+            .as_str()
+            .ok_or_else(|| bad("EventBridge detail has no bucket.name"))?;
+        let key = d["object"]["key"]
+            .as_str()
+            .ok_or_else(|| bad("EventBridge detail has no object.key"))?;
+        return Ok(ParsedEvent::Created(vec![ObjectRef {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            version_id: d["object"]["version-id"].as_str().map(str::to_owned),
+        }]));
+    }
+    let Some(records) = v["Records"].as_array() else {
+        return Err(bad("no Records, Event, SNS Message or EventBridge detail"));
+    };
+    let mut created = Vec::new();
+    let mut other = Vec::new();
+    for r in records {
+        let name = r["eventName"].as_str().unwrap_or_default();
+        if !name.starts_with("ObjectCreated:") {
+            other.push(name.to_owned());
+            continue;
+        }
+        let bucket = r["s3"]["bucket"]["name"]
+            .as_str()
+            .ok_or_else(|| bad("record has no s3.bucket.name"))?;
+        let raw_key = r["s3"]["object"]["key"]
+            .as_str()
+            .ok_or_else(|| bad("record has no s3.object.key"))?;
+        created.push(ObjectRef {
+            bucket: bucket.to_owned(),
+            key: decode_event_key(raw_key)?,
+            version_id: r["s3"]["object"]["versionId"].as_str().map(str::to_owned),
+        });
+    }
+    if created.is_empty() {
+        return Ok(ParsedEvent::Other(other.join(",")));
+    }
+    Ok(ParsedEvent::Created(created))
+}
+
+/// Decodes a key as S3 event notifications encode it: form encoding, so `+` is a
+/// space and everything else is percent-encoded UTF-8.
+pub fn decode_event_key(raw: &str) -> Result<String, DispatchError> {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|k| k.into_owned())
+        .map_err(|e| {
+            DispatchError::Event(format!("object key {raw:?} is not UTF-8 once decoded: {e}"))
+        })
+}
+
+/// Feeds S3 body chunks to a blocking parser: bounded (a few chunks), so a slow
+/// parser slows the download instead of buffering the object.
+struct ChunkReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}
+
+/// What the first GET returned, to pin the second to the same bytes.
+#[derive(Debug, Clone, Default)]
+struct Pin {
+    version_id: Option<String>,
+    etag: Option<String>,
+}
+
+impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
+    /// A dispatcher onto `queue`, auditing into `audit`. `s3` is needed only for
+    /// `s3://` sources and events.
+    pub fn new(
+        s3: Option<aws_sdk_s3::Client>,
+        queue: Q,
+        audit: Arc<A>,
+        options: DispatchOptions,
+    ) -> Self {
+        Self {
+            s3,
+            queue,
+            audit,
+            options,
+        }
+    }
+
+    /// Handles one manifest-events message body. A test event or a non-creation
+    /// event needs nothing; each created object is dispatched in turn. Errors
+    /// mean the event must stay on its queue to be retried.
+    pub async fn handle_event(
+        &self,
+        body: &str,
+        attempt: u32,
+    ) -> Result<EventOutcome, DispatchError> {
+        match parse_event(body)? {
+            ParsedEvent::Test => Ok(EventOutcome::Test),
+            ParsedEvent::Other(name) => Ok(EventOutcome::Ignored(name)),
+            ParsedEvent::Created(objects) => {
+                let mut reports = Vec::with_capacity(objects.len());
+                for object in objects {
+                    reports.push(self.dispatch(&ManifestSource::S3(object), attempt).await?);
+                }
+                Ok(EventOutcome::Dispatched(reports))
+            }
+        }
+    }
+
+    /// Dispatches one manifest: validates it whole, then enqueues every valid,
+    /// distinct termination and audits every rejected record and the manifest.
+    /// A manifest rejected whole is audited and reported (`rejected_file`), not
+    /// an error. `attempt` is recorded in the audit rows.
+    pub async fn dispatch(
+        &self,
+        source: &ManifestSource,
+        attempt: u32,
+    ) -> Result<DispatchReport, DispatchError> {
+        let name = source.name();
+        let hint = source.hint();
+        let (reader, pin) = self.open(source, None).await?;
+        let first = tokio::task::spawn_blocking(move || manifest::validate(reader, hint))
+            .await
+            .map_err(|e| DispatchError::Task(e.to_string()))?;
+        let origin = self.origin(source, &pin);
+        let first = match first {
+            Ok(summary) => summary,
+            Err(ManifestError::Io(source)) => {
+                return Err(DispatchError::Io {
+                    manifest: name,
+                    source,
+                });
+            }
+            Err(e) => {
+                let reason = e.reason();
+                warn!(
+                    manifest = name,
+                    reason, "manifest rejected as a whole; nothing enqueued"
+                );
+                let report = DispatchReport {
+                    origin,
+                    summary: Summary::default(),
+                    enqueued: 0,
+                    rejected_file: Some(reason),
+                };
+                self.audit_manifest(&report, attempt).await?;
+                return Ok(report);
+            }
+        };
+        info!(manifest = name, ?first, "manifest validated");
+
+        let (reader, _) = self.open(source, Some(&pin)).await?;
+        let (tx, mut rx) = mpsc::channel::<Entry>(1024);
+        let parser = tokio::task::spawn_blocking(move || {
+            manifest::read(reader, hint, |entry| match tx.blocking_send(entry) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            })
+        });
+
+        let mut in_flight = FuturesUnordered::new();
+        let mut batch: Vec<OutgoingMessage> = Vec::with_capacity(MAX_BATCH);
+        let mut enqueued = 0u64;
+        let mut failure: Option<DispatchError> = None;
+        while let Some(entry) = rx.recv().await {
+            match entry {
+                Entry::Valid {
+                    position, record, ..
+                } => {
+                    let mut at = origin.clone();
+                    at.index = Some(position.index);
+                    let message = TerminationMessage::new(
+                        record,
+                        at,
+                        self.options.hr_timezone,
+                        self.options.effective_at,
+                    );
+                    batch.push(OutgoingMessage {
+                        body: message.encode(),
+                        ..OutgoingMessage::default()
+                    });
+                    if batch.len() == MAX_BATCH {
+                        in_flight.push(self.send_with_retry(std::mem::take(&mut batch), &name));
+                    }
+                }
+                Entry::Rejected {
+                    position,
+                    external_id,
+                    reason,
+                } => {
+                    let mut at = origin.clone();
+                    at.index = Some(position.index);
+                    let entry = AuditEntry {
+                        external_id: external_id
+                            .map(|e| truncate(e.trim(), 256))
+                            .filter(|e| !e.is_empty()),
+                        user_id: None,
+                        action: "deactivate".into(),
+                        status_code: None,
+                        success: false,
+                        error_message: Some(format!("{position}: {reason}")),
+                        outcome: Outcome::Invalid,
+                        credential: None,
+                        groups_removed: Vec::new(),
+                        attempt,
+                        sqs_message_id: None,
+                        manifest: Some(at),
+                        effective_at: None,
+                        correlation_ids: Vec::new(),
+                        duration_ms: None,
+                        idempotency_key: None,
+                        actor: None,
+                    };
+                    info!(manifest = name, %position, %reason, "record rejected");
+                    if let Err(e) = self.audit.append(&entry).await {
+                        failure = Some(DispatchError::Audit {
+                            manifest: name.clone(),
+                            detail: e.to_string(),
+                        });
+                        break;
+                    }
+                }
+                Entry::Duplicate { .. } => {}
+            }
+            while in_flight.len() >= self.options.send_concurrency.max(1) {
+                match in_flight.next().await {
+                    Some(Ok(n)) => enqueued += n,
+                    Some(Err(e)) => {
+                        failure = Some(e);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        // Stop the parser (if we broke out early) before waiting for it.
+        drop(rx);
+        if failure.is_none() && !batch.is_empty() {
+            in_flight.push(self.send_with_retry(std::mem::take(&mut batch), &name));
+        }
+        while let Some(result) = in_flight.next().await {
+            match result {
+                Ok(n) => enqueued += n,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        drop(in_flight);
+        let second = parser
+            .await
+            .map_err(|e| DispatchError::Task(e.to_string()))?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let second = match second {
+            Ok(s) => s,
+            Err(ManifestError::Io(source)) => {
+                return Err(DispatchError::Io {
+                    manifest: name,
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(DispatchError::Changed {
+                    manifest: name,
+                    first: Box::new(first),
+                    second: Box::new(Summary::default()),
+                });
+            }
+        };
+        if second != first {
+            return Err(DispatchError::Changed {
+                manifest: name,
+                first: Box::new(first),
+                second: Box::new(second),
+            });
+        }
+        let report = DispatchReport {
+            origin,
+            summary: second,
+            enqueued,
+            rejected_file: None,
+        };
+        self.audit_manifest(&report, attempt).await?;
+        info!(
+            manifest = name,
+            records = second.records,
+            enqueued,
+            rejected = second.rejected,
+            duplicates = second.duplicates,
+            "manifest dispatched"
+        );
+        Ok(report)
+    }
+
+    /// Every valid, distinct record of a manifest, in order (for seeding the
+    /// sandbox simulator). Holds them all in memory: not for production sizes.
+    /// Errors: as [`Dispatcher::dispatch`]; a manifest unusable as a whole is
+    /// [`DispatchError::Source`] with the reason.
+    pub async fn records(
+        &self,
+        source: &ManifestSource,
+    ) -> Result<Vec<TerminationRecord>, DispatchError> {
+        let hint = source.hint();
+        let name = source.name();
+        let (reader, _) = self.open(source, None).await?;
+        let read = tokio::task::spawn_blocking(move || {
+            let mut records = Vec::new();
+            let result = manifest::read(reader, hint, |entry| {
+                if let Entry::Valid { record, .. } = entry {
+                    records.push(record);
+                }
+                ControlFlow::Continue(())
+            });
+            result.map(|_| records)
+        })
+        .await
+        .map_err(|e| DispatchError::Task(e.to_string()))?;
+        match read {
+            Ok(records) => Ok(records),
+            Err(ManifestError::Io(source)) => Err(DispatchError::Io {
+                manifest: name,
+                source,
+            }),
+            Err(e) => Err(DispatchError::Source(format!("{name}: {e}"))),
+        }
+    }
+
+    /// Runs the dispatcher on the manifest-events queue until `shutdown`: each
+    /// event is handled with its visibility extended, then deleted, or left for
+    /// redelivery (after a backoff) when it failed.
+    pub async fn run_events<E: Queue>(&self, events: &E, shutdown: CancellationToken) {
+        info!(queue = events.name(), "dispatcher started");
+        let mut failures = 0u32;
+        loop {
+            let received = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                r = events.receive(MAX_BATCH as u32, crate::queue::MAX_WAIT) => r,
+            };
+            let messages = match received {
+                Ok(m) => {
+                    failures = 0;
+                    m
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = Duration::from_secs(1u64 << failures.min(5));
+                    warn!(error = %e, "receiving manifest events failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            for message in messages {
+                if shutdown.is_cancelled() {
+                    let _ = events
+                        .change_visibility(&message.receipt_handle, Duration::ZERO)
+                        .await;
+                    continue;
+                }
+                let outcome = {
+                    let work = self.handle_event(&message.body, message.receive_count);
+                    let keep = keep_visible(events, &message.receipt_handle);
+                    tokio::select! {
+                        biased;
+                        r = work => r,
+                        never = keep => match never {},
+                    }
+                };
+                match outcome {
+                    Ok(outcome) => {
+                        match &outcome {
+                            EventOutcome::Test => {
+                                info!(message_id = %message.message_id, "s3:TestEvent received; deleting")
+                            }
+                            EventOutcome::Ignored(name) => {
+                                info!(message_id = %message.message_id, event = name, "not an object-created event; deleting")
+                            }
+                            EventOutcome::Dispatched(r) => {
+                                info!(message_id = %message.message_id, manifests = r.len(), "event dispatched; deleting")
+                            }
+                        }
+                        match events
+                            .delete_batch(std::slice::from_ref(&message.receipt_handle))
+                            .await
+                        {
+                            Ok(f) if f.is_empty() => {}
+                            Ok(f) => {
+                                warn!(failure = ?f, "could not delete the event; it will be redelivered")
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "could not delete the event; it will be redelivered")
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let delay = Duration::from_secs(
+                            5u64.saturating_mul(1 << message.receive_count.min(8)),
+                        );
+                        error!(message_id = %message.message_id, error = %e, retry_in_s = delay.as_secs(), "event not dispatched; it stays on the queue");
+                        let _ = events
+                            .change_visibility(&message.receipt_handle, delay)
+                            .await;
+                    }
+                }
+            }
+        }
+        info!("dispatcher stopped");
+    }
+
+    fn origin(&self, source: &ManifestSource, pin: &Pin) -> ManifestOrigin {
+        match source {
+            ManifestSource::Local(path) => ManifestOrigin {
+                bucket: "local".into(),
+                key: path.display().to_string(),
+                version: None,
+                index: None,
+            },
+            ManifestSource::S3(o) => ManifestOrigin {
+                bucket: o.bucket.clone(),
+                key: o.key.clone(),
+                version: pin.version_id.clone().or_else(|| pin.etag.clone()),
+                index: None,
+            },
+        }
+    }
+
+    /// Opens the manifest for one streaming pass. For S3 the second pass is pinned
+    /// to the first one's version id, else its ETag (If-Match), so both passes read
+    /// the same bytes.
+    async fn open(
+        &self,
+        source: &ManifestSource,
+        pin: Option<&Pin>,
+    ) -> Result<(Box<dyn Read + Send>, Pin), DispatchError> {
+        match source {
+            ManifestSource::Local(path) => {
+                let file = open_local(path).map_err(|source| DispatchError::Io {
+                    manifest: path.display().to_string(),
+                    source,
+                })?;
+                Ok((Box::new(file), Pin::default()))
+            }
+            ManifestSource::S3(o) => {
+                let object = format!("s3://{}/{}", o.bucket, o.key);
+                let s3 = self
+                    .s3
+                    .as_ref()
+                    .ok_or_else(|| DispatchError::NoS3(object.clone()))?;
+                let version = pin
+                    .and_then(|p| p.version_id.clone())
+                    .or_else(|| o.version_id.clone());
+                let mut get = s3
+                    .get_object()
+                    .bucket(&o.bucket)
+                    .key(&o.key)
+                    .set_version_id(version);
+                if let Some(p) = pin
+                    && p.version_id.is_none()
+                    && let Some(etag) = &p.etag
+                {
+                    get = get.if_match(format!("\"{etag}\""));
+                }
+                let out = get.send().await.map_err(|e| DispatchError::Fetch {
+                    object: object.clone(),
+                    detail: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                })?;
+                let got = Pin {
+                    version_id: out.version_id().filter(|v| *v != "null").map(str::to_owned),
+                    etag: out.e_tag().map(|e| e.trim_matches('"').to_owned()),
+                };
+                let mut body = out.body;
+                let (tx, rx) = mpsc::channel(4);
+                tokio::spawn(async move {
+                    while let Some(chunk) = body.next().await {
+                        let chunk = chunk.map_err(io::Error::other);
+                        let stop = chunk.is_err();
+                        if tx.send(chunk).await.is_err() || stop {
+                            break;
+                        }
+                    }
+                });
+                Ok((
+                    Box::new(ChunkReader {
+                        rx,
+                        current: Bytes::new(),
+                    }),
+                    got,
+                ))
+            }
+        }
+    }
+
+    /// Sends one batch, retrying only the entries that failed, with backoff.
+    /// Returns how many were enqueued.
+    async fn send_with_retry(
+        &self,
+        batch: Vec<OutgoingMessage>,
+        manifest: &str,
+    ) -> Result<u64, DispatchError> {
+        let total = batch.len() as u64;
+        let mut pending = batch;
+        let mut last = String::new();
+        for attempt in 1..=self.options.send_attempts.max(1) {
+            match self.queue.send_batch(&pending).await {
+                Ok(failures) if failures.is_empty() => return Ok(total),
+                Ok(failures) => {
+                    last = failures
+                        .first()
+                        .map(|f| format!("{}: {}", f.code, f.message))
+                        .unwrap_or_default();
+                    let failed: std::collections::HashSet<usize> =
+                        failures.iter().map(|f| f.index).collect();
+                    pending = pending
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(i, _)| failed.contains(i))
+                        .map(|(_, m)| m)
+                        .collect();
+                }
+                Err(e) => last = e.to_string(),
+            }
+            warn!(
+                manifest,
+                attempt,
+                failed = pending.len(),
+                error = last,
+                "SendMessageBatch entries failed; retrying them"
+            );
+            tokio::time::sleep(
+                self.options
+                    .send_retry_base
+                    .saturating_mul(1 << attempt.min(10)),
+            )
+            .await;
+        }
+        Err(DispatchError::Enqueue {
+            manifest: manifest.to_owned(),
+            failed: pending.len(),
+            detail: last,
+        })
+    }
+
+    async fn audit_manifest(
+        &self,
+        report: &DispatchReport,
+        attempt: u32,
+    ) -> Result<(), DispatchError> {
+        let s = &report.summary;
+        let (success, outcome, message) = match &report.rejected_file {
+            Some(reason) => (
+                false,
+                Outcome::Invalid,
+                format!("manifest rejected, nothing enqueued: {reason}"),
+            ),
+            // AuditEntry has no counts column; the counts are recorded as text.
+            None => (
+                true,
+                Outcome::Scheduled,
+                format!(
+                    "format={} records={} valid={} rejected={} duplicates={} enqueued={}",
+                    s.format.map_or("unknown", Format::as_str),
+                    s.records,
+                    s.valid,
+                    s.rejected,
+                    s.duplicates,
+                    report.enqueued
+                ),
+            ),
+        };
+        let entry = AuditEntry {
+            external_id: None,
+            user_id: None,
+            action: "manifest".into(),
+            status_code: None,
+            success,
+            error_message: Some(message),
+            outcome,
+            credential: None,
+            groups_removed: Vec::new(),
+            attempt,
+            sqs_message_id: None,
+            manifest: Some(report.origin.clone()),
+            effective_at: None,
+            correlation_ids: Vec::new(),
+            duration_ms: None,
+            idempotency_key: None,
+            actor: None,
+        };
+        self.audit
+            .append(&entry)
+            .await
+            .map(|_| ())
+            .map_err(|e| DispatchError::Audit {
+                manifest: format!("{}/{}", report.origin.bucket, report.origin.key),
+                detail: e.to_string(),
+            })
+    }
+}
+
+fn open_local(path: &Path) -> io::Result<std::fs::File> {
+    std::fs::File::open(path)
+}
+
+/// Keeps an event hidden while its manifest is dispatched (large manifests take
+/// longer than a visibility timeout).
+async fn keep_visible<E: Queue>(events: &E, receipt: &str) -> std::convert::Infallible {
+    let lease = events
+        .settings()
+        .visibility_timeout
+        .max(Duration::from_secs(2));
+    loop {
+        tokio::time::sleep(lease / 2).await;
+        if let Err(e) = events.change_visibility(receipt, lease).await {
+            warn!(error = %e, "could not extend the event's visibility");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::IdempotencyKey;
+    use crate::queue::MemoryQueue;
+    use std::sync::Mutex;
+
+    #[test]
+    fn s3_notification_keys_are_form_decoded() {
+        let body = r#"{"Records":[{"eventVersion":"2.1","eventSource":"aws:s3","eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"hr"},"object":{"key":"manifests/March+2026%2B%C3%A9.json","versionId":"v7"}}},{"eventName":"ObjectCreated:Copy","s3":{"bucket":{"name":"hr"},"object":{"key":"b.csv"}}}]}"#;
+        assert_eq!(
+            parse_event(body).unwrap(),
+            ParsedEvent::Created(vec![
+                ObjectRef {
+                    bucket: "hr".into(),
+                    key: "manifests/March 2026+é.json".into(),
+                    version_id: Some("v7".into()),
+                },
+                ObjectRef {
+                    bucket: "hr".into(),
+                    key: "b.csv".into(),
+                    version_id: None,
+                },
+            ])
+        );
+    }
+
+    #[test]
+    fn envelopes_test_events_and_other_events() {
+        let inner = r#"{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"hr"},"object":{"key":"a+b.json"}}}]}"#;
+        let sns = serde_json::json!({"Type": "Notification", "MessageId": "x", "Message": inner})
+            .to_string();
+        assert!(
+            matches!(parse_event(&sns).unwrap(), ParsedEvent::Created(o) if o[0].key == "a b.json")
+        );
+
+        let eb = r#"{"version":"0","detail-type":"Object Created","source":"aws.s3","detail":{"bucket":{"name":"hr"},"object":{"key":"a+b c.json","version-id":"v1"}}}"#;
+        assert_eq!(
+            parse_event(eb).unwrap(),
+            ParsedEvent::Created(vec![ObjectRef {
+                bucket: "hr".into(),
+                key: "a+b c.json".into(),
+                version_id: Some("v1".into()),
+            }])
+        );
+        let test = r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2026-01-01T00:00:00Z","Bucket":"hr"}"#;
+        assert_eq!(parse_event(test).unwrap(), ParsedEvent::Test);
+        let sns_test = serde_json::json!({"Type": "Notification", "Message": test}).to_string();
+        assert_eq!(parse_event(&sns_test).unwrap(), ParsedEvent::Test);
+        let removed = r#"{"Records":[{"eventName":"ObjectRemoved:Delete","s3":{"bucket":{"name":"hr"},"object":{"key":"a"}}}]}"#;
+        assert_eq!(
+            parse_event(removed).unwrap(),
+            ParsedEvent::Other("ObjectRemoved:Delete".into())
+        );
+        assert!(parse_event("{}").is_err());
+        assert!(parse_event("nope").is_err());
+        assert!(decode_event_key("%FF").is_err());
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(
+            ManifestSource::parse("s3://b/k/x y.json").unwrap(),
+            ManifestSource::S3(ObjectRef {
+                bucket: "b".into(),
+                key: "k/x y.json".into(),
+                version_id: None
+            })
+        );
+        assert!(ManifestSource::parse("s3://b").is_err());
+        assert!(ManifestSource::parse("s3:///k").is_err());
+        assert_eq!(
+            ManifestSource::parse("m.csv").unwrap(),
+            ManifestSource::Local("m.csv".into())
+        );
+    }
+
+    #[derive(Default)]
+    struct Rows(Mutex<Vec<AuditEntry>>);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+
+    impl AuditSink for Rows {
+        type Error = Never;
+        async fn append(&self, entry: &AuditEntry) -> Result<i64, Never> {
+            let mut rows = self.0.lock().unwrap();
+            rows.push(entry.clone());
+            Ok(rows.len() as i64)
+        }
+        async fn latest_terminal_outcome(
+            &self,
+            _: &IdempotencyKey,
+        ) -> Result<Option<Outcome>, Never> {
+            Ok(None)
+        }
+    }
+
+    fn manifest_file(content: &str, ext: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
+        std::io::Write::write_all(&mut f, content.as_bytes()).unwrap();
+        f
+    }
+
+    #[tokio::test]
+    async fn local_manifest_fans_out_and_audits_rejections_and_counts() {
+        let mut content = String::from("externalId,userId,terminationDate\n");
+        for i in 0..23 {
+            content.push_str(&format!("E{i},,2026-03-02\n"));
+        }
+        content.push_str("E1,,2026-03-02\n,,2026-03-02\nE99,,03/02/2026\n");
+        let file = manifest_file(&content, ".csv");
+        let queue = MemoryQueue::new("t", Duration::from_secs(600));
+        let audit = Arc::new(Rows::default());
+        let d = Dispatcher::new(
+            None,
+            queue.clone(),
+            audit.clone(),
+            DispatchOptions::default(),
+        );
+        let report = d
+            .dispatch(&ManifestSource::Local(file.path().into()), 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                report.summary.records,
+                report.summary.valid,
+                report.summary.rejected,
+                report.summary.duplicates
+            ),
+            (26, 23, 2, 1)
+        );
+        assert_eq!(report.enqueued, 23);
+        assert_eq!(queue.len(), 23);
+        let bodies = queue.snapshot();
+        let first = TerminationMessage::decode(&bodies[0].0).unwrap();
+        assert_eq!(first.origin.bucket, "local");
+        assert_eq!(first.origin.index, Some(0));
+        let rows = audit.0.lock().unwrap();
+        let rejected: Vec<_> = rows
+            .iter()
+            .filter(|r| r.outcome == Outcome::Invalid)
+            .collect();
+        assert_eq!(rejected.len(), 2);
+        assert_eq!(rejected[1].external_id.as_deref(), Some("E99"));
+        assert!(
+            rejected[1]
+                .error_message
+                .as_deref()
+                .unwrap()
+                .contains("line 27")
+        );
+        let manifest_row = rows.iter().find(|r| r.action == "manifest").unwrap();
+        assert!(
+            manifest_row
+                .error_message
+                .as_deref()
+                .unwrap()
+                .contains("records=26 valid=23 rejected=2 duplicates=1 enqueued=23")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_broken_as_a_whole_enqueues_nothing() {
+        let file = manifest_file(
+            "[{\"externalId\":\"E1\",\"terminationDate\":\"2026-03-02\"},\n{\"externalId\": \"E2\",,}]",
+            ".json",
+        );
+        let queue = MemoryQueue::new("t", Duration::from_secs(600));
+        let audit = Arc::new(Rows::default());
+        let d = Dispatcher::new(
+            None,
+            queue.clone(),
+            audit.clone(),
+            DispatchOptions::default(),
+        );
+        let report = d
+            .dispatch(&ManifestSource::Local(file.path().into()), 1)
+            .await
+            .unwrap();
+        let reason = report.rejected_file.unwrap();
+        assert!(reason.contains("line 2"), "{reason}");
+        assert!(queue.is_empty());
+        let rows = audit.0.lock().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].action.as_str(), rows[0].outcome),
+            ("manifest", Outcome::Invalid)
+        );
+    }
+}

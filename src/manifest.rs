@@ -1,1 +1,1045 @@
-//! Placeholder: filled in by its issue.
+//! Reads an HR termination manifest — a JSON array, NDJSON, or CSV with a header
+//! row (design.md, "Manifest record") — as a stream of validated
+//! [`TerminationRecord`]s, one [`Entry`] at a time, so memory does not grow with the
+//! file: only the current record and one 24-byte fingerprint per distinct
+//! termination (for collapsing duplicates) are held.
+//!
+//! The format is detected from the content (the first byte after an optional UTF-8
+//! BOM and whitespace), with the file extension as a hint. A bad record is rejected
+//! on its own with its index, line and reason; a file that cannot be parsed as a
+//! whole (broken JSON syntax, a CSV without the required columns) is a
+//! [`ManifestError`] with line and column. Callers that must enqueue nothing from
+//! such a file run [`validate`] first and [`read`] second (two passes).
+//!
+//! This module does no network I/O, knows nothing about queues or the audit store,
+//! and never decides anything about a person beyond "this record is well formed".
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Deserialize as _;
+use serde::de::{DeserializeSeed, Deserializer as _, SeqAccess, Visitor};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::domain::{
+    DomainError, ExternalId, IdempotencyKey, ScimUserId, TerminationDate, TerminationRecord,
+};
+
+/// Largest single record accepted, in bytes. A termination record is three short
+/// fields; anything this large is a producer bug, and refusing it keeps memory
+/// bounded whatever the file holds.
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
+/// How much of the file start is examined to detect the format (bytes).
+const SNIFF_BYTES: usize = 64 * 1024;
+
+/// The three manifest layouts (design.md, "Manifest record").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// One JSON array of record objects (the seed's format).
+    JsonArray,
+    /// One JSON object per line (NDJSON / JSON Lines).
+    Ndjson,
+    /// Comma-separated values with a header row naming `externalId`,
+    /// `terminationDate` and optionally `userId`.
+    Csv,
+}
+
+impl Format {
+    /// The format a file name's extension suggests (`.json`, `.ndjson`/`.jsonl`,
+    /// `.csv`, case-insensitive), if any. Only a hint: the content decides.
+    pub fn from_extension(name: &str) -> Option<Self> {
+        let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+        match ext.as_str() {
+            "json" => Some(Self::JsonArray),
+            "ndjson" | "jsonl" => Some(Self::Ndjson),
+            "csv" => Some(Self::Csv),
+            _ => None,
+        }
+    }
+
+    /// The lowercase name used in logs and the audit.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::JsonArray => "json",
+            Self::Ndjson => "ndjson",
+            Self::Csv => "csv",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a record sits in the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Position {
+    /// Zero-based record index (array element, non-blank line, or data row).
+    pub index: u64,
+    /// One-based line on which the record starts.
+    pub line: u64,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "record {} (line {})", self.index, self.line)
+    }
+}
+
+/// Why one record was rejected (the rest of the manifest is unaffected).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The record is not a JSON object (e.g. a number or an array).
+    #[error("record is not an object but {found}")]
+    NotAnObject {
+        /// The JSON type found.
+        found: &'static str,
+    },
+    /// A required field is absent or null.
+    #[error("{field} is missing")]
+    Missing {
+        /// The field name as the manifest spells it.
+        field: &'static str,
+    },
+    /// A field has the wrong JSON type (identifiers and dates must be strings).
+    #[error("{field} must be a string, found {found}")]
+    NotAString {
+        /// The field name.
+        field: &'static str,
+        /// The JSON type found.
+        found: &'static str,
+    },
+    /// A CSV field is not valid UTF-8.
+    #[error("{field} is not valid UTF-8")]
+    NotUtf8 {
+        /// The field name.
+        field: &'static str,
+    },
+    /// A field failed domain validation (the reason names the field and value).
+    #[error(transparent)]
+    Field(#[from] DomainError),
+    /// The same externalId and terminationDate appeared earlier with a different
+    /// userId: one of the two is wrong, so the later one is not acted on.
+    #[error(
+        "conflicts with an earlier record for the same externalId and terminationDate with a different userId"
+    )]
+    ConflictingDuplicate,
+}
+
+/// One item read from the manifest, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A well-formed record seen for the first time.
+    Valid {
+        /// Where it is.
+        position: Position,
+        /// The parsed record.
+        record: TerminationRecord,
+        /// Its idempotency key.
+        key: IdempotencyKey,
+    },
+    /// A record rejected on its own.
+    Rejected {
+        /// Where it is.
+        position: Position,
+        /// The raw externalId when one could be read (for the audit row), even
+        /// if it is itself the invalid field.
+        external_id: Option<String>,
+        /// Why.
+        reason: RecordError,
+    },
+    /// A repeat of an earlier record (same idempotency key and userId),
+    /// collapsed into it.
+    Duplicate {
+        /// Where the repeat is.
+        position: Position,
+        /// The shared idempotency key.
+        key: IdempotencyKey,
+    },
+}
+
+/// Counts for one pass over a manifest. `records = valid + rejected + duplicates`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Summary {
+    /// The detected format, once known.
+    pub format: Option<Format>,
+    /// Records seen (array elements, non-blank lines, data rows).
+    pub records: u64,
+    /// Distinct well-formed terminations.
+    pub valid: u64,
+    /// Records rejected on their own (including conflicting duplicates).
+    pub rejected: u64,
+    /// Exact repeats collapsed into an earlier record.
+    pub duplicates: u64,
+}
+
+impl Summary {
+    /// True when every record is accounted for exactly once.
+    pub fn reconciles(&self) -> bool {
+        self.valid + self.rejected + self.duplicates == self.records
+    }
+}
+
+/// The file as a whole cannot be used; nothing from it may be acted on.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Reading the bytes failed.
+    #[error("cannot read the manifest: {0}")]
+    Io(#[from] io::Error),
+    /// The file holds no data at all (zero bytes, or only a BOM and whitespace).
+    #[error("the manifest is empty (not even a JSON array or CSV header)")]
+    Empty,
+    /// The content is not parseable in its format.
+    #[error("{format} syntax error at line {line}, column {column}: {message}")]
+    Syntax {
+        /// The format being parsed.
+        format: Format,
+        /// One-based line.
+        line: u64,
+        /// One-based column (bytes for JSON, field number for CSV).
+        column: u64,
+        /// What was wrong.
+        message: String,
+    },
+    /// The CSV header row lacks a required column.
+    #[error("CSV header (line {line}) has no {column:?} column; found {found:?}")]
+    MissingColumn {
+        /// The header line.
+        line: u64,
+        /// The required column.
+        column: &'static str,
+        /// The columns present.
+        found: Vec<String>,
+    },
+    /// The caller's callback asked to stop.
+    #[error("reading stopped by the caller after {0} records")]
+    Stopped(u64),
+}
+
+impl ManifestError {
+    /// A short, single-line reason for the audit row.
+    pub fn reason(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Reads the whole manifest without keeping anything but counts, so that a file
+/// unusable as a whole is known before anything is enqueued. Same errors as
+/// [`read`].
+pub fn validate<R: Read>(reader: R, hint: Option<Format>) -> Result<Summary, ManifestError> {
+    read(reader, hint, |_| ControlFlow::Continue(()))
+}
+
+/// Streams the manifest, calling `each` once per record in file order. Returns the
+/// counts when the whole file was read. Errors: [`ManifestError`] when the file as
+/// a whole is unusable (entries already delivered must then be disregarded:
+/// run [`validate`] first when that matters), or [`ManifestError::Stopped`] when
+/// `each` returned `Break`.
+pub fn read<R: Read>(
+    reader: R,
+    hint: Option<Format>,
+    mut each: impl FnMut(Entry) -> ControlFlow<()>,
+) -> Result<Summary, ManifestError> {
+    let mut input = BufReader::with_capacity(SNIFF_BYTES, reader);
+    skip_bom(&mut input)?;
+    let format = sniff(&mut input, hint)?;
+    let mut sink = Sink::new(format, &mut each);
+    match format {
+        Format::JsonArray => read_json_array(input, &mut sink)?,
+        Format::Ndjson => read_ndjson(input, &mut sink)?,
+        Format::Csv => read_csv(input, &mut sink)?,
+    }
+    Ok(sink.summary)
+}
+
+fn skip_bom<R: BufRead>(input: &mut R) -> io::Result<()> {
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    // A BOM split across reads is impossible here: the buffer holds 64 KiB and
+    // fill_buf returns at least what one read gives, which is ≥ 3 bytes for any
+    // file that has a BOM, except on pathological readers; those just keep it.
+    let buf = input.fill_buf()?;
+    if buf.starts_with(BOM) {
+        input.consume(BOM.len());
+    }
+    Ok(())
+}
+
+fn sniff<R: BufRead>(input: &mut R, hint: Option<Format>) -> Result<Format, ManifestError> {
+    let buf = input.fill_buf()?;
+    let Some((offset, &first)) = buf
+        .iter()
+        .enumerate()
+        .find(|(_, b)| !b.is_ascii_whitespace())
+    else {
+        if buf.is_empty() {
+            return Err(ManifestError::Empty);
+        }
+        // Whitespace only in the first buffer: empty if that is all there is.
+        let len = buf.len();
+        input.consume(len);
+        return match input.fill_buf()?.is_empty() {
+            true => Err(ManifestError::Empty),
+            false => Err(ManifestError::Syntax {
+                format: hint.unwrap_or(Format::Csv),
+                line: 1,
+                column: 1,
+                message: "more than 64 KiB of leading whitespace".into(),
+            }),
+        };
+    };
+    match first {
+        b'[' => Ok(Format::JsonArray),
+        b'{' => Ok(Format::Ndjson),
+        _ => match hint {
+            Some(format @ (Format::JsonArray | Format::Ndjson)) => {
+                let before = &buf[..offset];
+                let line = 1 + before.iter().filter(|&&b| b == b'\n').count() as u64;
+                let column = 1 + before.iter().rev().take_while(|&&b| b != b'\n').count() as u64;
+                Err(ManifestError::Syntax {
+                    format,
+                    line,
+                    column,
+                    message: format!(
+                        "expected '[' (JSON array) or '{{' (NDJSON), found {:?}",
+                        char::from(first)
+                    ),
+                })
+            }
+            _ => Ok(Format::Csv),
+        },
+    }
+}
+
+/// Turns raw records into entries: validation, duplicate collapsing, counting.
+struct Sink<'a, F: FnMut(Entry) -> ControlFlow<()>> {
+    each: &'a mut F,
+    summary: Summary,
+    /// Truncated SHA-256 of the idempotency key → hash of the userId. 128 bits make
+    /// an accidental collision (which would wrongly drop a termination) about
+    /// 10^-27 likely at a million records.
+    seen: HashMap<u128, u64>,
+}
+
+/// A record's fields as read, before validation.
+#[derive(Default)]
+struct RawFields {
+    external_id: Option<Result<String, RecordError>>,
+    user_id: Option<Result<String, RecordError>>,
+    termination_date: Option<Result<String, RecordError>>,
+}
+
+impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
+    fn new(format: Format, each: &'a mut F) -> Self {
+        Self {
+            each,
+            summary: Summary {
+                format: Some(format),
+                ..Summary::default()
+            },
+            seen: HashMap::new(),
+        }
+    }
+
+    fn next_position(&self, line: u64) -> Position {
+        Position {
+            index: self.summary.records,
+            line,
+        }
+    }
+
+    fn push(&mut self, line: u64, fields: Result<RawFields, RecordError>) -> ControlFlow<()> {
+        let position = self.next_position(line);
+        self.summary.records += 1;
+        let entry = match fields {
+            Err(reason) => self.rejected(position, None, reason),
+            Ok(fields) => self.classify(position, fields),
+        };
+        (self.each)(entry)
+    }
+
+    fn rejected(
+        &mut self,
+        position: Position,
+        external_id: Option<String>,
+        reason: RecordError,
+    ) -> Entry {
+        self.summary.rejected += 1;
+        Entry::Rejected {
+            position,
+            external_id,
+            reason,
+        }
+    }
+
+    fn classify(&mut self, position: Position, fields: RawFields) -> Entry {
+        let raw_external_id = fields
+            .external_id
+            .as_ref()
+            .and_then(|r| r.as_ref().ok())
+            .cloned();
+        match build_record(fields) {
+            Err(reason) => self.rejected(position, raw_external_id, reason),
+            Ok(record) => {
+                let key = record.idempotency_key();
+                let fingerprint = fingerprint(&key);
+                let user = user_hash(record.user_id.as_ref());
+                match self.seen.get(&fingerprint) {
+                    None => {
+                        self.seen.insert(fingerprint, user);
+                        self.summary.valid += 1;
+                        Entry::Valid {
+                            position,
+                            record,
+                            key,
+                        }
+                    }
+                    Some(&first_user) if first_user == user => {
+                        self.summary.duplicates += 1;
+                        Entry::Duplicate { position, key }
+                    }
+                    Some(_) => {
+                        self.rejected(position, raw_external_id, RecordError::ConflictingDuplicate)
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn fingerprint(key: &IdempotencyKey) -> u128 {
+    // The key is already SHA-256 hex; its first 32 hex digits are 128 bits of it.
+    u128::from_str_radix(&key.as_str()[..32], 16).unwrap_or_else(|_| {
+        // Unreachable for derived keys; hash again rather than panic.
+        let digest = Sha256::digest(key.as_str().as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        u128::from_be_bytes(bytes)
+    })
+}
+
+fn user_hash(user: Option<&ScimUserId>) -> u64 {
+    match user {
+        None => 0,
+        Some(u) => {
+            let digest = Sha256::digest(u.as_str().as_bytes());
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&digest[..8]);
+            u64::from_be_bytes(bytes) | 1
+        }
+    }
+}
+
+fn build_record(fields: RawFields) -> Result<TerminationRecord, RecordError> {
+    let external_id = fields.external_id.ok_or(RecordError::Missing {
+        field: "externalId",
+    })??;
+    let external_id = ExternalId::parse(&external_id)?;
+    let termination_date = fields.termination_date.ok_or(RecordError::Missing {
+        field: "terminationDate",
+    })??;
+    let termination_date = TerminationDate::parse(&termination_date)?;
+    let user_id = match fields.user_id.transpose()? {
+        // An empty cell or string is how producers write "unknown".
+        Some(raw) if raw.trim().is_empty() => None,
+        Some(raw) => Some(ScimUserId::parse(raw.trim())?),
+        None => None,
+    };
+    Ok(TerminationRecord {
+        external_id,
+        user_id,
+        termination_date,
+    })
+}
+
+/// Which record field a column or JSON member name means. Names are compared
+/// ignoring case, `_`, `-` and spaces, so `externalId`, `external_id` and
+/// `External ID` all match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    ExternalId,
+    UserId,
+    TerminationDate,
+}
+
+fn field_for(name: &str) -> Option<Field> {
+    let norm: String = name
+        .chars()
+        .filter(|c| !matches!(c, '_' | '-' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect();
+    match norm.as_str() {
+        "externalid" => Some(Field::ExternalId),
+        "userid" => Some(Field::UserId),
+        "terminationdate" => Some(Field::TerminationDate),
+        _ => None,
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn fields_from_json(value: Value) -> Result<RawFields, RecordError> {
+    let Value::Object(map) = value else {
+        return Err(RecordError::NotAnObject {
+            found: json_type(&value),
+        });
+    };
+    let mut fields = RawFields::default();
+    for (name, v) in map {
+        let Some(field) = field_for(&name) else {
+            continue;
+        };
+        let label = match field {
+            Field::ExternalId => "externalId",
+            Field::UserId => "userId",
+            Field::TerminationDate => "terminationDate",
+        };
+        let parsed = match v {
+            Value::Null => continue,
+            Value::String(s) => Ok(s),
+            other => Err(RecordError::NotAString {
+                field: label,
+                found: json_type(&other),
+            }),
+        };
+        let slot = match field {
+            Field::ExternalId => &mut fields.external_id,
+            Field::UserId => &mut fields.user_id,
+            Field::TerminationDate => &mut fields.termination_date,
+        };
+        *slot = Some(parsed);
+    }
+    Ok(fields)
+}
+
+/// Counts lines and bytes as serde_json pulls them (it reads one byte at a time
+/// and peeks one ahead), and refuses a record that grows past
+/// [`MAX_RECORD_BYTES`].
+struct Counting<R> {
+    inner: R,
+    state: Arc<CountState>,
+}
+
+#[derive(Default)]
+struct CountState {
+    /// Newlines consumed so far.
+    newlines: AtomicU64,
+    /// Bytes consumed so far.
+    bytes: AtomicU64,
+    /// Byte offset just after the last newline (for columns).
+    line_start: AtomicU64,
+    /// Byte offset where the current record started (u64::MAX: none).
+    record_start: AtomicU64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let before = self.state.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let total = before + n as u64;
+        let chunk = &buf[..n];
+        let lines = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        if lines > 0 {
+            self.state.newlines.fetch_add(lines, Ordering::Relaxed);
+            let last = chunk.iter().rposition(|&b| b == b'\n').unwrap_or(0) as u64;
+            self.state
+                .line_start
+                .store(before + last + 1, Ordering::Relaxed);
+        }
+        let start = self.state.record_start.load(Ordering::Relaxed);
+        if start != u64::MAX && total.saturating_sub(start) > MAX_RECORD_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a record is longer than {MAX_RECORD_BYTES} bytes"),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+fn read_json_array<R: Read, F: FnMut(Entry) -> ControlFlow<()>>(
+    input: R,
+    sink: &mut Sink<'_, F>,
+) -> Result<(), ManifestError> {
+    let state = Arc::new(CountState {
+        record_start: AtomicU64::new(u64::MAX),
+        ..CountState::default()
+    });
+    let counting = Counting {
+        inner: input,
+        state: state.clone(),
+    };
+    let mut de = serde_json::Deserializer::from_reader(counting);
+    let mut stopped = false;
+    let visitor = ArrayVisitor {
+        sink,
+        state: &state,
+        stopped: &mut stopped,
+    };
+    let result = (&mut de).deserialize_seq(visitor).and_then(|()| de.end());
+    match result {
+        Ok(()) => Ok(()),
+        Err(_) if stopped => Err(ManifestError::Stopped(sink.summary.records)),
+        // serde_json gives I/O errors no position; ours are the size limit.
+        Err(e) if e.is_io() => Err(match e.io_error_kind() {
+            Some(io::ErrorKind::InvalidData) => ManifestError::Syntax {
+                format: Format::JsonArray,
+                line: 1 + state.newlines.load(Ordering::Relaxed),
+                column: state.bytes.load(Ordering::Relaxed)
+                    - state.line_start.load(Ordering::Relaxed),
+                message: e.to_string(),
+            },
+            _ => ManifestError::Io(io::Error::other(e)),
+        }),
+        Err(e) => Err(ManifestError::Syntax {
+            format: Format::JsonArray,
+            line: e.line() as u64,
+            column: e.column() as u64,
+            message: strip_position(&e.to_string()),
+        }),
+    }
+}
+
+/// serde_json appends " at line L column C"; the error carries them as fields.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+struct ArrayVisitor<'s, 'a, F: FnMut(Entry) -> ControlFlow<()>> {
+    sink: &'s mut Sink<'a, F>,
+    state: &'s CountState,
+    stopped: &'s mut bool,
+}
+
+impl<'de, F: FnMut(Entry) -> ControlFlow<()>> Visitor<'de> for ArrayVisitor<'_, '_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of termination records")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        loop {
+            let seed = ElementSeed { state: self.state };
+            let Some((line, value)) = seq.next_element_seed(seed)? else {
+                return Ok(());
+            };
+            self.state.record_start.store(u64::MAX, Ordering::Relaxed);
+            if self.sink.push(line, fields_from_json(value)).is_break() {
+                *self.stopped = true;
+                return Err(serde::de::Error::custom("stopped by the caller"));
+            }
+        }
+    }
+}
+
+/// Deserializes one array element as a JSON value, noting the line it starts on:
+/// when serde_json hands over to the seed it has consumed exactly the element's
+/// first byte, so the newline count at that moment is the element's start line.
+struct ElementSeed<'s> {
+    state: &'s CountState,
+}
+
+impl<'de> DeserializeSeed<'de> for ElementSeed<'_> {
+    type Value = (u64, Value);
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        let line = 1 + self.state.newlines.load(Ordering::Relaxed);
+        let start = self.state.bytes.load(Ordering::Relaxed).saturating_sub(1);
+        self.state.record_start.store(start, Ordering::Relaxed);
+        let value = Value::deserialize(de)?;
+        Ok((line, value))
+    }
+}
+
+fn read_ndjson<R: BufRead, F: FnMut(Entry) -> ControlFlow<()>>(
+    mut input: R,
+    sink: &mut Sink<'_, F>,
+) -> Result<(), ManifestError> {
+    let mut line_no = 0u64;
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        buf.clear();
+        line_no += 1;
+        let n = (&mut input)
+            .take(MAX_RECORD_BYTES + 1)
+            .read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if buf.len() as u64 > MAX_RECORD_BYTES && buf.last() != Some(&b'\n') {
+            return Err(ManifestError::Syntax {
+                format: Format::Ndjson,
+                line: line_no,
+                column: MAX_RECORD_BYTES + 1,
+                message: format!("line is longer than {MAX_RECORD_BYTES} bytes"),
+            });
+        }
+        let text = buf.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_slice(text).map_err(|e| {
+            let leading = buf.len() - buf.trim_ascii_start().len();
+            ManifestError::Syntax {
+                format: Format::Ndjson,
+                line: line_no,
+                column: e.column() as u64 + leading as u64,
+                message: strip_position(&e.to_string()),
+            }
+        })?;
+        if sink.push(line_no, fields_from_json(value)).is_break() {
+            return Err(ManifestError::Stopped(sink.summary.records));
+        }
+    }
+}
+
+fn read_csv<R: Read, F: FnMut(Entry) -> ControlFlow<()>>(
+    input: R,
+    sink: &mut Sink<'_, F>,
+) -> Result<(), ManifestError> {
+    // Records end at LF only, so that a CRLF file's positions count lines the
+    // way an editor does; the stray CR is whitespace, trimmed with the rest.
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .trim(csv::Trim::All)
+        .from_reader(input);
+    let csv_error = |e: csv::Error| {
+        let (line, column) = match e.kind() {
+            csv::ErrorKind::Utf8 { pos, err } => (
+                pos.as_ref().map_or(1, csv::Position::line),
+                err.field() as u64 + 1,
+            ),
+            _ => (e.position().map_or(1, csv::Position::line), 1),
+        };
+        match e.into_kind() {
+            csv::ErrorKind::Io(io) => ManifestError::Io(io),
+            other => ManifestError::Syntax {
+                format: Format::Csv,
+                line,
+                column,
+                message: format!("{other:?}"),
+            },
+        }
+    };
+    let headers = reader.headers().map_err(csv_error)?.clone();
+    let header_line = headers.position().map_or(1, csv::Position::line);
+    let mut columns: [Option<usize>; 3] = [None; 3];
+    for (i, name) in headers.iter().enumerate() {
+        match field_for(name) {
+            Some(Field::ExternalId) => columns[0] = columns[0].or(Some(i)),
+            Some(Field::UserId) => columns[1] = columns[1].or(Some(i)),
+            Some(Field::TerminationDate) => columns[2] = columns[2].or(Some(i)),
+            None => {}
+        }
+    }
+    let found = || headers.iter().map(str::to_owned).collect::<Vec<_>>();
+    let [Some(ext_col), user_col, Some(date_col)] = columns else {
+        let column = if columns[0].is_none() {
+            "externalId"
+        } else {
+            "terminationDate"
+        };
+        return Err(ManifestError::MissingColumn {
+            line: header_line,
+            column,
+            found: found(),
+        });
+    };
+    let mut record = csv::ByteRecord::new();
+    loop {
+        if !reader.read_byte_record(&mut record).map_err(csv_error)? {
+            return Ok(());
+        }
+        let line = record.position().map_or(0, csv::Position::line);
+        // A row of empty cells (e.g. trailing ",,") is a blank line, not a record.
+        if record.iter().all(|f| f.trim_ascii().is_empty()) {
+            continue;
+        }
+        let cell = |col: usize, field: &'static str| -> Option<Result<String, RecordError>> {
+            let bytes = record.get(col)?;
+            if bytes.trim_ascii().is_empty() {
+                return None;
+            }
+            Some(
+                std::str::from_utf8(bytes)
+                    .map(str::to_owned)
+                    .map_err(|_| RecordError::NotUtf8 { field }),
+            )
+        };
+        let fields = RawFields {
+            external_id: cell(ext_col, "externalId"),
+            user_id: user_col.and_then(|c| cell(c, "userId")),
+            termination_date: cell(date_col, "terminationDate"),
+        };
+        if sink.push(line, Ok(fields)).is_break() {
+            return Err(ManifestError::Stopped(sink.summary.records));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(input: &str, hint: Option<Format>) -> Result<(Summary, Vec<Entry>), ManifestError> {
+        let mut entries = Vec::new();
+        let summary = read(input.as_bytes(), hint, |e| {
+            entries.push(e);
+            ControlFlow::Continue(())
+        })?;
+        Ok((summary, entries))
+    }
+
+    fn valid_ids(entries: &[Entry]) -> Vec<String> {
+        entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Valid { record, .. } => Some(record.external_id.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn rejected(entries: &[Entry]) -> Vec<(u64, u64, String)> {
+        entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Rejected {
+                    position, reason, ..
+                } => Some((position.index, position.line, reason.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn json_array_with_bom_bad_records_and_duplicate() {
+        let input = "\u{FEFF}[\n  {\"externalId\": \"E1\", \"terminationDate\": \"2026-03-02\"},\n  {\"externalId\": \"E2\", \"userId\": \"u-2\", \"terminationDate\": \"2026-03-02T17:00:00-05:00\"},\n  {\"externalId\": \"\", \"terminationDate\": \"2026-03-02\"},\n  {\"externalId\": \"E3\", \"terminationDate\": \"03/02/2026\"},\n  {\"externalId\": \"E1\", \"terminationDate\": \"2026-03-02\"},\n  42,\n  {\"externalId\": \"E4\", \"userId\": \"a/b\", \"terminationDate\": \"2026-03-02\"}\n]\n";
+        let (summary, entries) = collect(input, None).unwrap();
+        assert_eq!(summary.format, Some(Format::JsonArray));
+        assert_eq!(
+            (
+                summary.records,
+                summary.valid,
+                summary.rejected,
+                summary.duplicates
+            ),
+            (7, 2, 4, 1)
+        );
+        assert!(summary.reconciles());
+        assert_eq!(valid_ids(&entries), ["E1", "E2"]);
+        let bad = rejected(&entries);
+        assert_eq!(bad.len(), 4);
+        assert_eq!((bad[0].0, bad[0].1), (2, 4));
+        assert!(bad[0].2.contains("externalId"), "{}", bad[0].2);
+        assert_eq!((bad[1].0, bad[1].1), (3, 5));
+        assert!(bad[1].2.contains("terminationDate"), "{}", bad[1].2);
+        assert_eq!((bad[2].0, bad[2].1), (5, 7));
+        assert!(bad[2].2.contains("not an object"), "{}", bad[2].2);
+        assert!(bad[3].2.contains("userId"), "{}", bad[3].2);
+        assert!(matches!(
+            entries[4],
+            Entry::Duplicate {
+                position: Position { index: 4, line: 6 },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn json_array_on_one_line_reports_line_one() {
+        let (_, entries) = collect(
+            r#"[{"externalId":"A","terminationDate":"2026-01-01"},{"externalId":"B","terminationDate":"x"}]"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(rejected(&entries)[0].1, 1);
+    }
+
+    #[test]
+    fn broken_json_is_rejected_whole_with_line_and_column() {
+        let err = collect(
+            "[\n {\"externalId\": \"E1\", \"terminationDate\": \"2026-03-02\"},\n {\"externalId\": \"E2\" \"terminationDate\": \"2026-03-02\"}\n]",
+            None,
+        )
+        .unwrap_err();
+        match err {
+            ManifestError::Syntax {
+                format: Format::JsonArray,
+                line,
+                column,
+                ..
+            } => assert_eq!((line, column), (3, 22)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            collect("[{\"externalId\": \"E1\"}", None),
+            Err(ManifestError::Syntax { .. })
+        ));
+        assert!(matches!(
+            collect("[] trailing", None),
+            Err(ManifestError::Syntax { .. })
+        ));
+    }
+
+    #[test]
+    fn ndjson_lines_blank_lines_and_syntax_error() {
+        let input = "{\"externalId\":\"E1\",\"terminationDate\":\"2026-03-02\"}\r\n\n{\"external_id\":\"E2\",\"termination_date\":\"2026-03-02\",\"userId\":\"\"}\n{\"externalId\":7,\"terminationDate\":\"2026-03-02\"}\n";
+        let (summary, entries) = collect(input, None).unwrap();
+        assert_eq!(summary.format, Some(Format::Ndjson));
+        assert_eq!(
+            (summary.records, summary.valid, summary.rejected),
+            (3, 2, 1)
+        );
+        assert_eq!(valid_ids(&entries), ["E1", "E2"]);
+        let bad = rejected(&entries);
+        assert_eq!((bad[0].0, bad[0].1), (2, 4));
+        assert!(bad[0].2.contains("must be a string"), "{}", bad[0].2);
+
+        let err = collect(
+            "{\"externalId\":\"E1\",\"terminationDate\":\"2026-03-02\"}\n{\"externalId\": oops}\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ManifestError::Syntax {
+                    format: Format::Ndjson,
+                    line: 2,
+                    column: 16,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn csv_with_header_variants_bom_and_quoting() {
+        let input = "\u{FEFF}External ID,Name,userId,terminationDate\r\nE1,\"Doe, Jane\",,2026-03-02\r\n\"E2\",Bob,u-2,2026-03-02T09:00:00Z\r\n,Nobody,,2026-03-02\r\nE1,Again,,2026-03-02\r\nE3,Conflict,,2026-13-01\r\n";
+        let (summary, entries) = collect(input, Some(Format::Csv)).unwrap();
+        assert_eq!(summary.format, Some(Format::Csv));
+        assert_eq!(
+            (
+                summary.records,
+                summary.valid,
+                summary.rejected,
+                summary.duplicates
+            ),
+            (5, 2, 2, 1)
+        );
+        let bad = rejected(&entries);
+        assert_eq!((bad[0].0, bad[0].1), (2, 4));
+        assert!(bad[0].2.contains("externalId is missing"), "{}", bad[0].2);
+        assert_eq!(bad[1].1, 6);
+    }
+
+    #[test]
+    fn csv_without_required_column_is_rejected_whole() {
+        let err = collect("id,date\nE1,2026-03-02\n", None).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ManifestError::MissingColumn {
+                    column: "externalId",
+                    line: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_with_different_user_id_is_rejected_not_collapsed() {
+        let (summary, entries) = collect(
+            "externalId,userId,terminationDate\nE1,u-1,2026-03-02\nE1,u-2,2026-03-02\nE1,u-1,2026-03-02\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (summary.valid, summary.rejected, summary.duplicates),
+            (1, 1, 1)
+        );
+        assert_eq!(
+            rejected(&entries)[0].2,
+            RecordError::ConflictingDuplicate.to_string()
+        );
+    }
+
+    #[test]
+    fn empty_and_mislabelled_files() {
+        assert!(matches!(collect("", None), Err(ManifestError::Empty)));
+        assert!(matches!(
+            collect("\u{FEFF}  \n", None),
+            Err(ManifestError::Empty)
+        ));
+        let (summary, _) = collect("[]", None).unwrap();
+        assert_eq!(summary.records, 0);
+        assert!(matches!(
+            collect("\n  externalId,terminationDate\n", Some(Format::JsonArray)),
+            Err(ManifestError::Syntax {
+                line: 2,
+                column: 3,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn oversized_record_is_refused_not_buffered() {
+        let big = "x".repeat(MAX_RECORD_BYTES as usize + 10);
+        let json = format!("[{{\"externalId\":\"{big}\",\"terminationDate\":\"2026-03-02\"}}]");
+        assert!(matches!(
+            collect(&json, None),
+            Err(ManifestError::Syntax { .. })
+        ));
+        let nd = format!("{{\"externalId\":\"{big}\"}}\n");
+        assert!(matches!(
+            collect(&nd, None),
+            Err(ManifestError::Syntax { .. })
+        ));
+    }
+
+    #[test]
+    fn caller_can_stop() {
+        let err = read(
+            "[{\"externalId\":\"A\",\"terminationDate\":\"2026-01-01\"},{\"externalId\":\"B\",\"terminationDate\":\"2026-01-01\"}]".as_bytes(),
+            None,
+            |_| ControlFlow::Break(()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ManifestError::Stopped(_)));
+    }
+
+    #[test]
+    fn extension_hints() {
+        assert_eq!(Format::from_extension("a/b.CSV"), Some(Format::Csv));
+        assert_eq!(Format::from_extension("x.jsonl"), Some(Format::Ndjson));
+        assert_eq!(Format::from_extension("x"), None);
+    }
+}

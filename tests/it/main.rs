@@ -2,9 +2,11 @@
 //! real parts (PostgreSQL, moto's S3/SQS, scim2-server, the simulator) that
 //! `scripts/test.sh` starts; `support` finds them through the environment.
 
-mod engine;
-mod sim;
 mod audit;
+mod engine;
+mod manifest;
+mod pipeline;
 mod report;
+mod sim;
 mod support;
 mod telemetry;

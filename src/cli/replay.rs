@@ -1,0 +1,94 @@
+//! `deprovision replay-dlq [--max N] [--reason R] [--dry-run]`: moves
+//! dead-lettered terminations back to the terminations queue after their cause is
+//! fixed (receive, send, delete; each replay audited with the operator's name).
+//! Prints one line per message seen, then a count.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use deprovision::audit::AuditStore;
+use deprovision::config::{AuditArgs, AwsArgs};
+use deprovision::consume::{ReplayOptions, replay_dead_letters};
+use deprovision::queue::sqs::load_aws_config;
+
+/// Flags of `deprovision replay-dlq`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Replay at most this many messages.
+    #[arg(long)]
+    pub max: Option<u64>,
+    /// Replay only messages dead-lettered for this reason (an outcome such as
+    /// `forbidden` or `failed`; `unknown` for messages SQS moved on its own).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// List what would be replayed; move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Who is replaying (recorded in the audit).
+    #[arg(long, env = "USER", default_value = "operator")]
+    pub actor: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub audit: AuditArgs,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+/// Output format of `replay-dlq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One line per message.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// Replays; exit 0 unless a queue or audit call failed.
+pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let aws = load_aws_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let (terminations, dead_letter) = super::serve::termination_queues(&sqs, &args.aws).await?;
+    let audit = AuditStore::open(&args.audit).await.context("audit store")?;
+    let options = ReplayOptions {
+        max: args.max,
+        reason: args.reason.clone(),
+        dry_run: args.dry_run,
+        actor: args.actor.clone(),
+    };
+    let report = replay_dead_letters(&dead_letter, &terminations, &audit, &options)
+        .await
+        .context("replay-dlq")?;
+    audit.close().await;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => {
+            for item in &report.items {
+                let verb = match (item.replayed, args.dry_run) {
+                    (true, true) => "would replay",
+                    (true, false) => "replayed",
+                    (false, _) => "kept",
+                };
+                println!(
+                    "{verb:<12} {}  externalId={}  reason={}{}",
+                    item.message_id,
+                    item.external_id.as_deref().unwrap_or("-"),
+                    item.reason,
+                    item.detail
+                        .as_ref()
+                        .map(|d| format!("  ({d})"))
+                        .unwrap_or_default()
+                );
+            }
+            let n = report.replayed();
+            let seen = report.items.len();
+            if args.dry_run {
+                println!("{n} of {seen} dead-lettered messages would be replayed");
+            } else {
+                println!("{n} of {seen} dead-lettered messages replayed");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

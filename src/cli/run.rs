@@ -1,0 +1,388 @@
+//! `deprovision run MANIFEST [--sandbox] [--dry-run]`: the embedded default. One
+//! process runs the whole path on a local file or `s3://` object — the same
+//! dispatcher, an in-process queue (with a dead-letter queue and redrive), the
+//! same consumer pool and engine, and the audit store — then prints a summary
+//! that reconciles every record to exactly one end state. `--sandbox` starts the
+//! Genesys Cloud simulator in-process, seeded with the manifest's people in one
+//! or two groups each, so the path can be watched without any account.
+//!
+//! Exit status: 0 when the manifest reconciles and no termination failed
+//! (`failed`, `forbidden`); 1 otherwise; 2 when the manifest was rejected whole.
+
+use std::io::IsTerminal;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use deprovision::audit::AuditStore;
+use deprovision::config::{AuditArgs, PolicyArgs, ScimArgs};
+use deprovision::consume::{Consumer, ConsumerOptions, NotDuePolicy, TallySnapshot};
+use deprovision::dispatch::{
+    DispatchOptions, DispatchReport, Dispatcher, ManifestSource, s3_client,
+};
+use deprovision::domain::Outcome;
+use deprovision::engine::Engine;
+use deprovision::queue::sqs::load_aws_config;
+use deprovision::queue::{MemoryQueue, TerminationMessage, attr};
+use deprovision::sim::{RunningSim, Seed, SimConfig};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+/// Flags of `deprovision run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The manifest: a local file or `s3://bucket/key` (JSON array, NDJSON or
+    /// CSV with a header).
+    pub manifest: String,
+    /// Run against the built-in Genesys Cloud simulator, seeded from the
+    /// manifest, instead of a real org. Audits to `--sandbox-database-url`, never
+    /// to DATABASE_URL, so rehearsals cannot mark real terminations as done.
+    #[arg(long)]
+    pub sandbox: bool,
+    /// The audit database of `--sandbox` runs.
+    #[arg(long, default_value = "sqlite://deprovision-sandbox.db")]
+    pub sandbox_database_url: String,
+    /// Resolve and plan only; change nothing (audit rows say `dry_run`).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Summary format on standard output.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub scim: ScimArgs,
+    #[command(flatten)]
+    pub audit: AuditArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// Summary format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A table for people.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// One dead-lettered termination in the summary.
+#[derive(Debug, Serialize)]
+struct DeadLetter {
+    external_id: Option<String>,
+    reason: String,
+    detail: Option<String>,
+}
+
+/// The closing summary.
+#[derive(Debug, Serialize)]
+struct Summary {
+    manifest: DispatchReport,
+    sandbox: bool,
+    dry_run: bool,
+    audit: String,
+    tally: TallySnapshot,
+    dead_lettered: Vec<DeadLetter>,
+    /// Distinct terminations that reached an end state (terminal outcome,
+    /// dry run, scheduled for later, or already finished by an earlier run).
+    accounted: u64,
+    reconciled: bool,
+    interrupted: bool,
+    failed: u64,
+}
+
+const SANDBOX_PRIMARY: (&str, &str) = ("sandbox-primary", "sandbox-primary-secret");
+const SANDBOX_ELEVATED: (&str, &str) = ("sandbox-elevated", "sandbox-elevated-secret");
+
+/// Runs the manifest to completion and prints the summary.
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = super::serve::shutdown_on_signal();
+    let source = ManifestSource::parse(&args.manifest)?;
+    let s3 = match &source {
+        ManifestSource::S3(_) => Some(s3_client(&load_aws_config().await)),
+        ManifestSource::Local(_) => None,
+    };
+    let mut audit_args = args.audit.clone();
+    if args.sandbox {
+        audit_args.database_url = SecretString::from(args.sandbox_database_url.clone());
+    }
+    let audit_url = redact(audit_args.database_url.expose_secret());
+    let audit = Arc::new(AuditStore::open(&audit_args).await.context("audit store")?);
+
+    let dead_letter = MemoryQueue::new("dead-letter", Duration::from_secs(60));
+    let queue = MemoryQueue::with_dead_letter(
+        "terminations",
+        Duration::from_secs(60),
+        dead_letter.clone(),
+        5,
+    );
+    let dispatcher = Dispatcher::new(
+        s3,
+        queue.clone(),
+        audit.clone(),
+        DispatchOptions {
+            hr_timezone: args.policy.hr_timezone,
+            effective_at: args.policy.termination_effective_at,
+            ..DispatchOptions::default()
+        },
+    );
+
+    let (engine, sim) = if args.sandbox {
+        let sim = start_sandbox(&dispatcher, &source).await?;
+        let scim = ScimArgs {
+            genesys_region: None,
+            genesys_org_url: None,
+            genesys_api_url: Some(sim.base_url()),
+            genesys_login_url: None,
+            primary_client_id: Some(SANDBOX_PRIMARY.0.into()),
+            primary_client_secret: Some(SecretString::from(SANDBOX_PRIMARY.1)),
+            elevated_client_id: Some(SANDBOX_ELEVATED.0.into()),
+            elevated_client_secret: Some(SecretString::from(SANDBOX_ELEVATED.1)),
+            scim_base_url: None,
+            scim_bearer_token: None,
+            rate_limit_per_minute: NonZeroU32::new(60_000)
+                .unwrap_or(args.scim.rate_limit_per_minute),
+            remove_roles: args.scim.remove_roles,
+            scim_timeout_secs: args.scim.scim_timeout_secs,
+        };
+        (
+            Engine::from_args(&scim).context("sandbox SCIM client")?,
+            Some(sim),
+        )
+    } else {
+        (Engine::from_args(&args.scim).context("SCIM client")?, None)
+    };
+
+    let consumer = Consumer::new(
+        queue.clone(),
+        dead_letter.clone(),
+        Arc::new(engine),
+        audit.clone(),
+        ConsumerOptions {
+            concurrency: args.policy.concurrency.max(1),
+            dry_run: args.dry_run,
+            not_due: NotDuePolicy::Defer,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            ..ConsumerOptions::default()
+        },
+    );
+    let tally = consumer.tally();
+    let stop_pool = shutdown.child_token();
+    let pool = {
+        let stop = stop_pool.clone();
+        tokio::spawn(async move { consumer.run(stop).await })
+    };
+
+    let dispatched = dispatcher.dispatch(&source, 1).await;
+    let report = match dispatched {
+        Ok(report) => report,
+        Err(e) => {
+            stop_pool.cancel();
+            let _ = pool.await;
+            return Err(e).context("dispatching the manifest");
+        }
+    };
+    if let Some(reason) = &report.rejected_file {
+        stop_pool.cancel();
+        let _ = pool.await;
+        eprintln!("manifest rejected as a whole, nothing was done: {reason}");
+        return Ok(ExitCode::from(2));
+    }
+
+    let progress = progress_bar(report.summary.valid);
+    let ticker = progress.clone().map(|bar| {
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            loop {
+                let t = tally.snapshot();
+                bar.set_position(t.finished() + t.already_done + t.not_due);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let interrupted = tokio::select! {
+        () = queue.wait_empty() => false,
+        () = shutdown.cancelled() => true,
+    };
+    stop_pool.cancel();
+    let pool_report = pool.await.context("consumer pool")?;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
+    audit.close().await;
+
+    let tally = pool_report.tally;
+    let accounted = tally.finished() + tally.already_done + tally.not_due;
+    let failed = tally.count(Outcome::Failed) + tally.count(Outcome::Forbidden);
+    let reconciled =
+        !interrupted && report.summary.reconciles() && accounted == report.summary.valid;
+    let dead_lettered = dead_letter
+        .snapshot()
+        .into_iter()
+        .map(|(body, attrs)| DeadLetter {
+            external_id: TerminationMessage::decode(&body)
+                .ok()
+                .map(|m| m.record.external_id.as_str().to_owned()),
+            reason: attrs
+                .get(attr::REASON)
+                .cloned()
+                .unwrap_or_else(|| "unknown".into()),
+            detail: attrs.get(attr::DETAIL).cloned(),
+        })
+        .collect();
+    let summary = Summary {
+        manifest: report,
+        sandbox: args.sandbox,
+        dry_run: args.dry_run,
+        audit: audit_url,
+        tally,
+        dead_lettered,
+        accounted,
+        reconciled,
+        interrupted,
+        failed,
+    };
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        Format::Text => print!("{}", render_text(&summary)),
+    }
+    Ok(if reconciled && failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Starts the simulator seeded with the manifest's valid records.
+async fn start_sandbox(
+    dispatcher: &Dispatcher<MemoryQueue, AuditStore>,
+    source: &ManifestSource,
+) -> anyhow::Result<RunningSim> {
+    // A manifest broken as a whole seeds nobody; dispatch then reports it.
+    let records = dispatcher.records(source).await.unwrap_or_default();
+    let seed = Seed::from_records(records.into_iter().map(|r| (r.external_id, r.user_id)));
+    let config = SimConfig::default()
+        .with_seed(seed)
+        .with_client(SANDBOX_PRIMARY.0, SANDBOX_PRIMARY.1)
+        .with_elevated_client(SANDBOX_ELEVATED.0, SANDBOX_ELEVATED.1);
+    let sim = RunningSim::start(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .context("starting the sandbox simulator")?;
+    eprintln!("sandbox: Genesys Cloud simulator at {}", sim.base_url());
+    Ok(sim)
+}
+
+fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {bar:40} {pos}/{len} terminations  {elapsed_precise}",
+    ) {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable URL>".into(),
+    }
+}
+
+fn render_text(s: &Summary) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let m = &s.manifest.summary;
+    let mode = match (s.sandbox, s.dry_run) {
+        (true, true) => " [sandbox, dry run]",
+        (true, false) => " [sandbox]",
+        (false, true) => " [dry run]",
+        (false, false) => "",
+    };
+    let _ = writeln!(
+        out,
+        "manifest {}{mode}: {} records = {} terminations + {} rejected + {} duplicates",
+        s.manifest.origin.key, m.records, m.valid, m.rejected, m.duplicates,
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "  {:<20} {:>7}", "outcome", "count");
+    for (outcome, n) in &s.tally.outcomes {
+        let _ = writeln!(out, "  {:<20} {:>7}", outcome.as_str(), n);
+    }
+    for (outcome, n) in &s.tally.would {
+        let _ = writeln!(out, "  {:<20} {:>7}", format!("  would: {outcome}"), n);
+    }
+    if s.tally.not_due > 0 {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>7}   (not yet due; run again after the date)",
+            "scheduled", s.tally.not_due
+        );
+    }
+    if s.tally.already_done > 0 {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>7}   (finished by an earlier run; not acted on again)",
+            "already done", s.tally.already_done
+        );
+    }
+    if m.rejected > 0 {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>7}   (records rejected by the manifest reader)",
+            "invalid records", m.rejected
+        );
+    }
+    let _ = writeln!(out);
+    if !s.dead_lettered.is_empty() {
+        let _ = writeln!(out, "dead-lettered (needs review):");
+        for d in &s.dead_lettered {
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<18} {}",
+                d.external_id.as_deref().unwrap_or("-"),
+                d.reason,
+                d.detail.as_deref().unwrap_or("")
+            );
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(
+        out,
+        "{}: {} of {} terminations accounted for; audit in {}",
+        if s.reconciled {
+            "reconciled"
+        } else {
+            "NOT RECONCILED"
+        },
+        s.accounted,
+        m.valid,
+        s.audit
+    );
+    if s.interrupted {
+        let _ = writeln!(
+            out,
+            "interrupted: the rest stays undone; run again to finish (finished ones are skipped)"
+        );
+    }
+    if s.failed > 0 {
+        let _ = writeln!(out, "{} termination(s) failed", s.failed);
+    }
+    out
+}
