@@ -719,10 +719,12 @@ async fn a_server_too_slow_for_the_deadline_asks_for_a_retry() {
     assert!(sim.user("u-1").unwrap().active);
 }
 
-/// The `deprovision` binary, configured for `sim` through the environment.
-fn cli(sim: &RunningSim) -> tokio::process::Command {
+/// The `deprovision` binary, configured for `sim` through the environment, with
+/// its audit in `audit_db` (a SQLite file).
+fn cli_with_audit(sim: &RunningSim, audit_db: &std::path::Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_deprovision"));
     cmd.env_clear()
+        .env("DATABASE_URL", format!("sqlite://{}", audit_db.display()))
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("GENESYS_API_URL", sim.base_url().as_str())
         .env("PRIMARY_CLIENT_ID", PRIMARY.0)
@@ -732,6 +734,12 @@ fn cli(sim: &RunningSim) -> tokio::process::Command {
         .env("RUST_LOG", "warn")
         .current_dir(std::env::temp_dir());
     cmd
+}
+
+/// [`cli_with_audit`] with a throw-away audit database.
+fn cli(sim: &RunningSim) -> tokio::process::Command {
+    let db = std::env::temp_dir().join(format!("deprovision-engine-{}.db", uuid::Uuid::new_v4()));
+    cli_with_audit(sim, &db)
 }
 
 #[tokio::test]
@@ -756,6 +764,9 @@ async fn a_user_id_with_a_slash_or_dot_segment_is_refused_before_any_request() {
 async fn deprovision_user_prints_the_outcome_and_evidence() {
     let sim = start(config(vec![seed_user("u-1", "E1", true, &["Sales"])])).await;
     let group = sim.user("u-1").unwrap().groups.remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let cli = |sim: &RunningSim| cli_with_audit(sim, &db);
 
     let dry = cli(&sim)
         .args(["user", "--external-id", "E1", "--dry-run"])
@@ -797,6 +808,29 @@ async fn deprovision_user_prints_the_outcome_and_evidence() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(1), "{missing:?}");
     assert!(String::from_utf8_lossy(&missing.stdout).contains("not_found"));
+
+    // Every run left its audit row: the evidence shows the deactivation with its
+    // credential and group, and the person who was not found.
+    let store = deprovision::audit::AuditStore::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let rows = deprovision::report::evidence(&store, None, None)
+        .await
+        .unwrap();
+    let e1 = rows
+        .iter()
+        .find(|r| r.external_id.as_deref() == Some("E1"))
+        .unwrap_or_else(|| panic!("no evidence for E1: {rows:?}"));
+    assert_eq!(e1.outcome, Outcome::Deactivated, "{e1:?}");
+    assert_eq!(e1.credential, Some(Credential::Primary));
+    assert_eq!(e1.groups_removed, vec![group.clone()]);
+    assert!(e1.confirmed_deactivated_at.is_some());
+    assert!(
+        rows.iter()
+            .any(|r| r.external_id.as_deref() == Some("nobody") && r.outcome == Outcome::NotFound),
+        "{rows:?}"
+    );
+    assert!(store.verify().await.unwrap().first_broken().is_none());
 }
 
 #[tokio::test]
