@@ -92,10 +92,13 @@ fn rate_check(app: &App, client: &str) -> Option<RateDecision> {
 
 fn too_many(app: &App, d: &RateDecision) -> Response {
     let secs = d.reset_secs();
+    // httpdate cannot format dates past year 9999; a day is far enough to
+    // express any wait a test needs.
+    let date_secs = secs.min(86_400);
     let retry_after = match app.config.retry_after {
         RetryAfterShape::Seconds => Some(secs.to_string()),
         RetryAfterShape::HttpDate => Some(httpdate::fmt_http_date(
-            SystemTime::now() + Duration::from_secs(secs),
+            SystemTime::now() + Duration::from_secs(date_secs),
         )),
         RetryAfterShape::PastDate => Some(httpdate::fmt_http_date(
             SystemTime::now() - Duration::from_secs(3600),
