@@ -22,7 +22,7 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /out/deprovision /usr/local/bin/deprovision
 USER 65532:65532
 ENV LOG_FORMAT=json \
-    HEALTH_PORT=8080
+    HEALTH_ADDR=0.0.0.0:8080
 # /healthz and /metrics (Prometheus text) of `deprovision serve`.
 EXPOSE 8080
 # distroless has no shell or curl: the binary probes its own /healthz.

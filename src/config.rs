@@ -137,10 +137,10 @@ pub struct AwsArgs {
 /// The health and metrics endpoint of `deprovision serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HealthArgs {
-    /// TCP port of `/healthz` and `/metrics` (bound on all interfaces by `serve`,
-    /// probed on 127.0.0.1 by `healthcheck`).
-    #[arg(long, env = "HEALTH_PORT", default_value_t = 8080)]
-    pub health_port: u16,
+    /// Address of `/healthz` and `/metrics`; `healthcheck` probes its port on
+    /// 127.0.0.1.
+    #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    pub health_addr: std::net::SocketAddr,
 }
 
 /// The resolved SCIM target: how to reach it and which credentials to use.

@@ -1,6 +1,6 @@
 //! The health port's router: `/healthz` (the process is up and serving) and
 //! `/metrics` (the metrics facade in Prometheus text format), which
-//! `deprovision serve` mounts on `HEALTH_PORT`; and the probe that
+//! `deprovision serve` mounts on `HEALTH_ADDR`; and the probe that
 //! `deprovision healthcheck` runs inside a container without curl. Readiness
 //! (queues, database, token endpoint) belongs to `serve`, not here.
 
