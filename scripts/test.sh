@@ -7,6 +7,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
+if [[ $# -eq 0 ]]; then scripts/lint-deploy.sh; fi  # cfn-lint, checkov, hadolint (full runs only)
 eval "$(scripts/services.sh start)"
 trap 'scripts/services.sh stop' EXIT
 

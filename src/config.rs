@@ -134,6 +134,15 @@ pub struct AwsArgs {
     pub dead_letter_queue_url: Option<String>,
 }
 
+/// The health and metrics endpoint of `deprovision serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthArgs {
+    /// Address of `/healthz` and `/metrics`; `healthcheck` probes its port on
+    /// 127.0.0.1.
+    #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    pub health_addr: std::net::SocketAddr,
+}
+
 /// The resolved SCIM target: how to reach it and which credentials to use.
 #[derive(Debug, Clone)]
 pub enum ScimTarget {

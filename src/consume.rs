@@ -301,7 +301,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Consumer<Q, E, A> {
     /// A pool receiving from `queue` and dead-lettering into `dead_letter`.
-    pub fn new(queue: Q, dead_letter: Q, engine: Arc<E>, audit: Arc<A>, options: ConsumerOptions) -> Self {
+    pub fn new(
+        queue: Q,
+        dead_letter: Q,
+        engine: Arc<E>,
+        audit: Arc<A>,
+        options: ConsumerOptions,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(256);
         Self {
             shared: Arc::new(Shared {
@@ -373,7 +379,11 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Consumer<Q, E, A> {
                 }
                 Err(e) => {
                     receive_failures = receive_failures.saturating_add(1);
-                    let delay = backoff(Duration::from_secs(1), Duration::from_secs(30), receive_failures);
+                    let delay = backoff(
+                        Duration::from_secs(1),
+                        Duration::from_secs(30),
+                        receive_failures,
+                    );
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "receive failed");
                     drop(batch_permits);
                     tokio::select! {
@@ -438,7 +448,8 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Consumer<Q, E, A> {
     /// must not be in flight elsewhere in this pool.
     pub async fn handle(&self, message: ReceivedMessage) -> Step {
         self.ensure_deleter();
-        lock(&self.shared.inflight).insert(message.message_id.clone(), message.receipt_handle.clone());
+        lock(&self.shared.inflight)
+            .insert(message.message_id.clone(), message.receipt_handle.clone());
         let step = self.shared.step(&message).await;
         lock(&self.shared.inflight).remove(&message.message_id);
         self.shared.tally.record(&step);
@@ -456,7 +467,9 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Consumer<Q, E, A> {
 /// Exponential backoff from `base`, doubling per attempt (1-based), capped at
 /// `max`, with jitter over the upper half so retries from many workers spread.
 fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(max);
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(max);
     let low = exp / 2;
     let jitter_ms = rand::random_range(0..=(exp - low).as_millis().min(u64::MAX as u128) as u64);
     low + Duration::from_millis(jitter_ms)
@@ -465,7 +478,10 @@ fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
 /// Best effort: the externalId of a body that did not decode, for the audit row.
 fn raw_external_id(body: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    v.get("record")?.get("externalId")?.as_str().map(str::to_owned)
+    v.get("record")?
+        .get("externalId")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
@@ -497,7 +513,11 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
     /// Keeps the message hidden while its termination runs: every half visibility
     /// timeout, set it to a full one again, using the newest receipt handle.
     async fn extend_visibility(&self, message_id: &str) -> std::convert::Infallible {
-        let lease = self.queue.settings().visibility_timeout.max(Duration::from_secs(2));
+        let lease = self
+            .queue
+            .settings()
+            .visibility_timeout
+            .max(Duration::from_secs(2));
         loop {
             tokio::time::sleep(lease / 2).await;
             let Some(receipt) = lock(&self.inflight).get(message_id).cloned() else {
@@ -560,11 +580,14 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
 
         let now = Utc::now();
         if termination.effective_at > now && !self.options.dry_run {
-            let wait = (termination.effective_at - now).to_std().unwrap_or_default();
+            let wait = (termination.effective_at - now)
+                .to_std()
+                .unwrap_or_default();
             let delay = wait.min(MAX_VISIBILITY);
             if self.options.not_due == NotDuePolicy::Defer {
                 info!(effective_at = %termination.effective_at, "not yet due; recorded as scheduled");
-                let mut entry = self.entry(message, Some(&termination), Outcome::Scheduled, started);
+                let mut entry =
+                    self.entry(message, Some(&termination), Outcome::Scheduled, started);
                 entry.error_message = Some(format!(
                     "not due until {}; nothing was changed",
                     termination.effective_at.to_rfc3339()
@@ -576,7 +599,10 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                         },
                         Err(e) => Step::QueueFailed(e),
                     },
-                    Err(e) => self.retry(message, format!("audit write failed: {e}"), None).await,
+                    Err(e) => {
+                        self.retry(message, format!("audit write failed: {e}"), None)
+                            .await
+                    }
                 };
             }
             info!(effective_at = %termination.effective_at, "not yet due; holding");
@@ -588,7 +614,11 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
 
         if !lock(&self.busy).insert(key.clone()) {
             return self
-                .retry(message, "the same termination is in progress in another worker".into(), None)
+                .retry(
+                    message,
+                    "the same termination is in progress in another worker".into(),
+                    None,
+                )
                 .await;
         }
         let report = self
@@ -637,18 +667,23 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                     Ok(()) => Step::DryRun(would),
                     Err(e) => Step::QueueFailed(e),
                 },
-                Err(e) => self.retry(message, format!("audit write failed: {e}"), None).await,
+                Err(e) => {
+                    self.retry(message, format!("audit write failed: {e}"), None)
+                        .await
+                }
             };
         }
 
         match report.outcome {
-            o if o.is_terminal() && !o.is_dead_lettered() => match self.audit.append(&entry).await {
-                Ok(_) => match self.delete(message).await {
-                    Ok(()) => Step::Done(o),
-                    Err(e) => Step::QueueFailed(e),
-                },
-                Err(e) => self.audit_failed(message, entry, e.to_string()).await,
-            },
+            o if o.is_terminal() && !o.is_dead_lettered() => {
+                match self.audit.append(&entry).await {
+                    Ok(_) => match self.delete(message).await {
+                        Ok(()) => Step::Done(o),
+                        Err(e) => Step::QueueFailed(e),
+                    },
+                    Err(e) => self.audit_failed(message, entry, e.to_string()).await,
+                }
+            }
             o if o.is_terminal() => {
                 let reason = report.detail.clone().unwrap_or_else(|| o.to_string());
                 self.dead_letter(message, entry, &reason).await
@@ -708,19 +743,28 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
 
     /// Permanent failure: DLQ copy first (so an audit row saying "dead-lettered"
     /// always has a copy to replay), then the audit row, then the delete.
-    async fn dead_letter(&self, message: &ReceivedMessage, entry: AuditEntry, reason: &str) -> Step {
+    async fn dead_letter(
+        &self,
+        message: &ReceivedMessage,
+        entry: AuditEntry,
+        reason: &str,
+    ) -> Step {
         let outcome = entry.outcome;
         if self.options.dry_run {
             let mut entry = entry;
             entry.outcome = Outcome::DryRun;
             entry.success = false;
-            entry.error_message = Some(format!("dry run: would dead-letter as {outcome}: {reason}"));
+            entry.error_message =
+                Some(format!("dry run: would dead-letter as {outcome}: {reason}"));
             return match self.audit.append(&entry).await {
                 Ok(_) => match self.delete(message).await {
                     Ok(()) => Step::DryRun(outcome),
                     Err(e) => Step::QueueFailed(e),
                 },
-                Err(e) => self.retry(message, format!("audit write failed: {e}"), None).await,
+                Err(e) => {
+                    self.retry(message, format!("audit write failed: {e}"), None)
+                        .await
+                }
             };
         }
         let copy = OutgoingMessage {
@@ -728,26 +772,51 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
             attributes: [
                 (attr::REASON.to_owned(), outcome.as_str().to_owned()),
                 (attr::DETAIL.to_owned(), truncate(reason, 1000)),
-                (attr::SOURCE_MESSAGE_ID.to_owned(), message.message_id.clone()),
-                (attr::RECEIVE_COUNT.to_owned(), message.receive_count.to_string()),
+                (
+                    attr::SOURCE_MESSAGE_ID.to_owned(),
+                    message.message_id.clone(),
+                ),
+                (
+                    attr::RECEIVE_COUNT.to_owned(),
+                    message.receive_count.to_string(),
+                ),
             ]
             .into_iter()
             .collect(),
             delay: Duration::ZERO,
         };
-        match self.dead_letter.send_batch(std::slice::from_ref(&copy)).await {
+        match self
+            .dead_letter
+            .send_batch(std::slice::from_ref(&copy))
+            .await
+        {
             Ok(failures) if failures.is_empty() => {}
             Ok(failures) => {
-                let why = failures.first().map(|f| format!("{}: {}", f.code, f.message)).unwrap_or_default();
-                return self.retry(message, format!("dead-letter send failed: {why}"), None).await;
+                let why = failures
+                    .first()
+                    .map(|f| format!("{}: {}", f.code, f.message))
+                    .unwrap_or_default();
+                return self
+                    .retry(message, format!("dead-letter send failed: {why}"), None)
+                    .await;
             }
-            Err(e) => return self.retry(message, format!("dead-letter send failed: {e}"), None).await,
+            Err(e) => {
+                return self
+                    .retry(message, format!("dead-letter send failed: {e}"), None)
+                    .await;
+            }
         }
         warn!(%outcome, reason, "dead-lettered");
         if let Err(e) = self.audit.append(&entry).await {
             // The DLQ holds the copy; leaving the original too means a second copy
             // at worst, never a lost termination.
-            return self.retry(message, format!("audit write failed after dead-lettering: {e}"), None).await;
+            return self
+                .retry(
+                    message,
+                    format!("audit write failed after dead-lettering: {e}"),
+                    None,
+                )
+                .await;
         }
         match self.delete(message).await {
             Ok(()) => Step::DeadLettered(outcome),
@@ -758,8 +827,16 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
     /// The terminal outcome could not be audited: keep the message (it is not
     /// acknowledged), unless this was its last allowed receive, in which case it
     /// goes to the DLQ with the reason rather than being moved there silently.
-    async fn audit_failed(&self, message: &ReceivedMessage, mut entry: AuditEntry, error: String) -> Step {
-        warn!(error, "audit write failed; the message stays unacknowledged");
+    async fn audit_failed(
+        &self,
+        message: &ReceivedMessage,
+        mut entry: AuditEntry,
+        error: String,
+    ) -> Step {
+        warn!(
+            error,
+            "audit write failed; the message stays unacknowledged"
+        );
         if self.is_last_receive(message) {
             let detail = format!(
                 "audit write failed on the last allowed receive after outcome {}: {error}",
@@ -770,19 +847,33 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
             entry.success = false;
             return self.dead_letter(message, entry, &detail).await;
         }
-        self.retry(message, format!("audit write failed: {error}"), None).await
+        self.retry(message, format!("audit write failed: {error}"), None)
+            .await
     }
 
     /// Returns the message to the queue after a jittered backoff (at least the
     /// server's `retry_after`). At the last allowed receive the message is
     /// re-sent fresh instead, so that a wait never becomes a silent redrive.
-    async fn retry(&self, message: &ReceivedMessage, reason: String, retry_after: Option<Duration>) -> Step {
-        let mut delay = backoff(self.options.retry_base, self.options.retry_max, message.receive_count);
+    async fn retry(
+        &self,
+        message: &ReceivedMessage,
+        reason: String,
+        retry_after: Option<Duration>,
+    ) -> Step {
+        let mut delay = backoff(
+            self.options.retry_base,
+            self.options.retry_max,
+            message.receive_count,
+        );
         if let Some(after) = retry_after {
             delay = delay.max(after);
         }
         let delay = delay.min(MAX_VISIBILITY);
-        info!(reason, delay_ms = delay.as_millis() as u64, "returning message to the queue");
+        info!(
+            reason,
+            delay_ms = delay.as_millis() as u64,
+            "returning message to the queue"
+        );
         match self.hold(message, delay).await {
             Ok(()) => Step::Retry { reason, delay },
             Err(e) => Step::QueueFailed(e),
@@ -841,7 +932,8 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
         if self.deletes.send(request).await.is_err() {
             return Err("the delete task has stopped".into());
         }
-        rx.await.unwrap_or_else(|_| Err("the delete task has stopped".into()))
+        rx.await
+            .unwrap_or_else(|_| Err("the delete task has stopped".into()))
     }
 
     /// Collects deletes from all workers into DeleteMessageBatch calls of up to
@@ -886,8 +978,18 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                 if pending.is_empty() {
                     break;
                 }
-                warn!(failed = pending.len(), attempt, error = last_error, "delete failed; retrying failed entries");
-                tokio::time::sleep(backoff(Duration::from_millis(200), Duration::from_secs(2), attempt)).await;
+                warn!(
+                    failed = pending.len(),
+                    attempt,
+                    error = last_error,
+                    "delete failed; retrying failed entries"
+                );
+                tokio::time::sleep(backoff(
+                    Duration::from_millis(200),
+                    Duration::from_secs(2),
+                    attempt,
+                ))
+                .await;
             }
             for r in pending {
                 let _ = r.done.send(Err(format!("delete failed: {last_error}")));
@@ -1134,7 +1236,10 @@ mod tests {
             rows.push(entry.clone());
             Ok(rows.len() as i64)
         }
-        async fn latest_terminal_outcome(&self, key: &IdempotencyKey) -> Result<Option<Outcome>, Down> {
+        async fn latest_terminal_outcome(
+            &self,
+            key: &IdempotencyKey,
+        ) -> Result<Option<Outcome>, Down> {
             Ok(lock(&self.rows)
                 .iter()
                 .rev()
@@ -1166,7 +1271,10 @@ mod tests {
             lock(&self.script).insert(external_id.into(), outcomes.to_vec());
         }
         fn calls(&self, external_id: &str) -> usize {
-            lock(&self.calls).iter().filter(|c| *c == external_id).count()
+            lock(&self.calls)
+                .iter()
+                .filter(|c| *c == external_id)
+                .count()
         }
     }
 
@@ -1235,10 +1343,17 @@ mod tests {
 
     fn fixture(max_receives: u32, options: ConsumerOptions) -> Fixture {
         let dlq = MemoryQueue::new("dlq", Duration::from_secs(600));
-        let queue = MemoryQueue::with_dead_letter("q", Duration::from_secs(600), dlq.clone(), max_receives);
+        let queue =
+            MemoryQueue::with_dead_letter("q", Duration::from_secs(600), dlq.clone(), max_receives);
         let engine = Arc::new(FakeEngine::default());
         let audit = Arc::new(FakeAudit::default());
-        let consumer = Consumer::new(queue.clone(), dlq.clone(), engine.clone(), audit.clone(), options);
+        let consumer = Consumer::new(
+            queue.clone(),
+            dlq.clone(),
+            engine.clone(),
+            audit.clone(),
+            options,
+        );
         Fixture {
             queue,
             dlq,
@@ -1270,14 +1385,24 @@ mod tests {
     }
 
     async fn receive_one(q: &MemoryQueue) -> ReceivedMessage {
-        q.receive(1, Duration::from_secs(5)).await.unwrap().remove(0)
+        q.receive(1, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .remove(0)
     }
 
     #[tokio::test]
     async fn success_is_audited_then_deleted_and_redelivery_is_not_acted_on() {
         let f = fixture(5, quick());
-        send(&f.queue, &[body("E1", "2020-01-01"), body("E1", "2020-01-01")]).await;
-        assert_eq!(f.consumer.handle(receive_one(&f.queue).await).await, Step::Done(Outcome::Deactivated));
+        send(
+            &f.queue,
+            &[body("E1", "2020-01-01"), body("E1", "2020-01-01")],
+        )
+        .await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::Done(Outcome::Deactivated)
+        );
         assert_eq!(
             f.consumer.handle(receive_one(&f.queue).await).await,
             Step::AlreadyDone(Outcome::Deactivated)
@@ -1301,7 +1426,11 @@ mod tests {
         f.engine.script("E1", &[Outcome::AlreadyInactive]);
         let step = f.consumer.handle(receive_one(&f.queue).await).await;
         assert_eq!(step, Step::Done(Outcome::AlreadyInactive));
-        assert_eq!(f.audit.outcomes(), [Outcome::AlreadyInactive], "one terminal row");
+        assert_eq!(
+            f.audit.outcomes(),
+            [Outcome::AlreadyInactive],
+            "one terminal row"
+        );
         assert!(f.queue.is_empty());
     }
 
@@ -1324,7 +1453,11 @@ mod tests {
     async fn redelivered_dead_lettered_message_is_dropped_but_a_replay_is_attempted() {
         let f = fixture(5, quick());
         f.engine.script("E1", &[Outcome::Forbidden]);
-        send(&f.queue, &[body("E1", "2020-01-01"), body("E1", "2020-01-01")]).await;
+        send(
+            &f.queue,
+            &[body("E1", "2020-01-01"), body("E1", "2020-01-01")],
+        )
+        .await;
         f.consumer.handle(receive_one(&f.queue).await).await;
         assert_eq!(
             f.consumer.handle(receive_one(&f.queue).await).await,
@@ -1332,7 +1465,9 @@ mod tests {
         );
         let replay = OutgoingMessage {
             body: body("E1", "2020-01-01"),
-            attributes: [(attr::REPLAYED.to_owned(), "1".to_owned())].into_iter().collect(),
+            attributes: [(attr::REPLAYED.to_owned(), "1".to_owned())]
+                .into_iter()
+                .collect(),
             delay: Duration::ZERO,
         };
         f.queue.send_batch(&[replay]).await.unwrap();
@@ -1346,13 +1481,17 @@ mod tests {
     #[tokio::test]
     async fn transient_failure_backs_off_then_is_dead_lettered_explicitly_on_the_last_receive() {
         let f = fixture(2, quick());
-        f.engine.script("E1", &[Outcome::Retrying, Outcome::Retrying]);
+        f.engine
+            .script("E1", &[Outcome::Retrying, Outcome::Retrying]);
         send(&f.queue, &[body("E1", "2020-01-01")]).await;
         let step = f.consumer.handle(receive_one(&f.queue).await).await;
         assert!(matches!(step, Step::Retry { .. }), "{step:?}");
         let second = receive_one(&f.queue).await;
         assert_eq!(second.receive_count, 2);
-        assert_eq!(f.consumer.handle(second).await, Step::DeadLettered(Outcome::Failed));
+        assert_eq!(
+            f.consumer.handle(second).await,
+            Step::DeadLettered(Outcome::Failed)
+        );
         let dead = f.dlq.snapshot();
         assert_eq!(dead[0].1[attr::REASON], "failed");
         assert!(dead[0].1[attr::DETAIL].contains("last allowed receive"));
@@ -1362,7 +1501,11 @@ mod tests {
     #[tokio::test]
     async fn unknown_version_is_dead_lettered_as_invalid() {
         let f = fixture(5, quick());
-        send(&f.queue, &[r#"{"v":2,"record":{"externalId":"E9"}}"#.to_owned()]).await;
+        send(
+            &f.queue,
+            &[r#"{"v":2,"record":{"externalId":"E9"}}"#.to_owned()],
+        )
+        .await;
         let step = f.consumer.handle(receive_one(&f.queue).await).await;
         assert_eq!(step, Step::DeadLettered(Outcome::Invalid));
         assert_eq!(f.dlq.snapshot()[0].1[attr::REASON], "invalid");
@@ -1375,7 +1518,12 @@ mod tests {
         let f = fixture(5, quick());
         send(&f.queue, &[body("E1", "2999-01-01")]).await;
         let step = f.consumer.handle(receive_one(&f.queue).await).await;
-        assert_eq!(step, Step::NotDue { delay: MAX_VISIBILITY });
+        assert_eq!(
+            step,
+            Step::NotDue {
+                delay: MAX_VISIBILITY
+            }
+        );
         assert_eq!(f.engine.calls("E1"), 0);
         assert_eq!(f.queue.len(), 1);
         assert!(f.audit.outcomes().is_empty());
@@ -1404,11 +1552,27 @@ mod tests {
 
     #[tokio::test]
     async fn dry_run_records_dry_run_rows_only() {
-        let f = fixture(5, ConsumerOptions { dry_run: true, ..quick() });
+        let f = fixture(
+            5,
+            ConsumerOptions {
+                dry_run: true,
+                ..quick()
+            },
+        );
         f.engine.script("E2", &[Outcome::NotFound]);
-        send(&f.queue, &[body("E1", "2020-01-01"), body("E2", "2020-01-01")]).await;
-        assert_eq!(f.consumer.handle(receive_one(&f.queue).await).await, Step::DryRun(Outcome::DryRun));
-        assert_eq!(f.consumer.handle(receive_one(&f.queue).await).await, Step::DryRun(Outcome::NotFound));
+        send(
+            &f.queue,
+            &[body("E1", "2020-01-01"), body("E2", "2020-01-01")],
+        )
+        .await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::DryRun(Outcome::DryRun)
+        );
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::DryRun(Outcome::NotFound)
+        );
         assert_eq!(f.audit.outcomes(), [Outcome::DryRun, Outcome::DryRun]);
         assert!(f.queue.is_empty());
     }
@@ -1416,7 +1580,9 @@ mod tests {
     #[tokio::test]
     async fn pool_processes_everything_and_drains_on_shutdown() {
         let f = fixture(5, quick());
-        let bodies: Vec<String> = (0..25).map(|i| body(&format!("E{i}"), "2020-01-01")).collect();
+        let bodies: Vec<String> = (0..25)
+            .map(|i| body(&format!("E{i}"), "2020-01-01"))
+            .collect();
         for chunk in bodies.chunks(10) {
             send(&f.queue, chunk).await;
         }
@@ -1440,10 +1606,20 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_lets_the_started_termination_finish_and_leaves_the_rest() {
-        let f = fixture(5, ConsumerOptions { concurrency: 1, ..quick() });
+        let f = fixture(
+            5,
+            ConsumerOptions {
+                concurrency: 1,
+                ..quick()
+            },
+        );
         let gate = Arc::new(Semaphore::new(0));
         *lock(&f.engine.gate) = Some(gate.clone());
-        send(&f.queue, &[body("E1", "2020-01-01"), body("E2", "2020-01-01")]).await;
+        send(
+            &f.queue,
+            &[body("E1", "2020-01-01"), body("E2", "2020-01-01")],
+        )
+        .await;
         let shutdown = CancellationToken::new();
         let run = {
             let consumer = f.consumer;
@@ -1459,7 +1635,10 @@ mod tests {
         assert_eq!(report.tally.count(Outcome::Deactivated), 1);
         assert_eq!(f.audit.outcomes(), [Outcome::Deactivated]);
         let rest = receive_one(&f.queue).await;
-        assert_eq!(rest.receive_count, 1, "never received before, so never attempted");
+        assert_eq!(
+            rest.receive_count, 1,
+            "never received before, so never attempted"
+        );
         assert!(f.dlq.is_empty());
     }
 
@@ -1493,7 +1672,15 @@ mod tests {
         f.engine.script("E1", &[Outcome::Forbidden]);
         f.engine.script("E2", &[Outcome::Ambiguous]);
         f.engine.script("E3", &[Outcome::Forbidden]);
-        send(&f.queue, &[body("E1", "2020-01-01"), body("E2", "2020-01-01"), body("E3", "2020-01-01")]).await;
+        send(
+            &f.queue,
+            &[
+                body("E1", "2020-01-01"),
+                body("E2", "2020-01-01"),
+                body("E3", "2020-01-01"),
+            ],
+        )
+        .await;
         for _ in 0..3 {
             f.consumer.handle(receive_one(&f.queue).await).await;
         }
@@ -1505,17 +1692,28 @@ mod tests {
             actor: "tester".into(),
             ..ReplayOptions::default()
         };
-        let report = replay_dead_letters(&f.dlq, &f.queue, f.audit.as_ref(), &dry).await.unwrap();
+        let report = replay_dead_letters(&f.dlq, &f.queue, f.audit.as_ref(), &dry)
+            .await
+            .unwrap();
         assert_eq!((report.items.len(), report.replayed()), (3, 2));
         assert_eq!(f.dlq.len(), 3);
         assert!(f.queue.is_empty());
 
-        let real = ReplayOptions { dry_run: false, max: Some(1), ..dry };
-        let report = replay_dead_letters(&f.dlq, &f.queue, f.audit.as_ref(), &real).await.unwrap();
+        let real = ReplayOptions {
+            dry_run: false,
+            max: Some(1),
+            ..dry
+        };
+        let report = replay_dead_letters(&f.dlq, &f.queue, f.audit.as_ref(), &real)
+            .await
+            .unwrap();
         assert_eq!(report.replayed(), 1);
         assert_eq!((f.dlq.len(), f.queue.len()), (2, 1));
         let row = lock(&f.audit.rows).last().cloned().unwrap();
-        assert_eq!((row.action.as_str(), row.outcome, row.actor.as_deref()), ("replay", Outcome::Retrying, Some("tester")));
+        assert_eq!(
+            (row.action.as_str(), row.outcome, row.actor.as_deref()),
+            ("replay", Outcome::Retrying, Some("tester"))
+        );
 
         // The replayed message is attempted again despite its dead-lettered past.
         let step = f.consumer.handle(receive_one(&f.queue).await).await;

@@ -35,8 +35,8 @@ use crate::queue::{MAX_BATCH, OutgoingMessage, Queue, TerminationMessage, trunca
 /// (`AWS_ENDPOINT_URL`, e.g. moto) buckets are addressed by path, since such
 /// endpoints do not serve virtual-hosted bucket names.
 pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
-    let builder = aws_sdk_s3::config::Builder::from(config)
-        .force_path_style(config.endpoint_url().is_some());
+    let builder =
+        aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some());
     aws_sdk_s3::Client::from_conf(builder.build())
 }
 
@@ -124,7 +124,9 @@ pub enum DispatchError {
         source: io::Error,
     },
     /// The second pass read a different manifest than the first.
-    #[error("manifest {manifest} changed between validation and dispatch ({first:?} vs {second:?})")]
+    #[error(
+        "manifest {manifest} changed between validation and dispatch ({first:?} vs {second:?})"
+    )]
     Changed {
         /// The manifest.
         manifest: String,
@@ -263,8 +265,12 @@ fn parse_event_value(v: &serde_json::Value, depth: u8) -> Result<ParsedEvent, Di
             return Ok(ParsedEvent::Other(detail_type.to_owned()));
         }
         let d = &v["detail"];
-        let bucket = d["bucket"]["name"].as_str().ok_or_else(|| bad("EventBridge detail has no bucket.name"))?;
-        let key = d["object"]["key"].as_str().ok_or_else(|| bad("EventBridge detail has no object.key"))?;
+        let bucket = d["bucket"]["name"]
+            .as_str()
+            .ok_or_else(|| bad("EventBridge detail has no bucket.name"))?;
+        let key = d["object"]["key"]
+            .as_str()
+            .ok_or_else(|| bad("EventBridge detail has no object.key"))?;
         return Ok(ParsedEvent::Created(vec![ObjectRef {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
@@ -282,8 +288,12 @@ fn parse_event_value(v: &serde_json::Value, depth: u8) -> Result<ParsedEvent, Di
             other.push(name.to_owned());
             continue;
         }
-        let bucket = r["s3"]["bucket"]["name"].as_str().ok_or_else(|| bad("record has no s3.bucket.name"))?;
-        let raw_key = r["s3"]["object"]["key"].as_str().ok_or_else(|| bad("record has no s3.object.key"))?;
+        let bucket = r["s3"]["bucket"]["name"]
+            .as_str()
+            .ok_or_else(|| bad("record has no s3.bucket.name"))?;
+        let raw_key = r["s3"]["object"]["key"]
+            .as_str()
+            .ok_or_else(|| bad("record has no s3.object.key"))?;
         created.push(ObjectRef {
             bucket: bucket.to_owned(),
             key: decode_event_key(raw_key)?,
@@ -303,7 +313,9 @@ pub fn decode_event_key(raw: &str) -> Result<String, DispatchError> {
     percent_encoding::percent_decode_str(&spaced)
         .decode_utf8()
         .map(|k| k.into_owned())
-        .map_err(|e| DispatchError::Event(format!("object key {raw:?} is not UTF-8 once decoded: {e}")))
+        .map_err(|e| {
+            DispatchError::Event(format!("object key {raw:?} is not UTF-8 once decoded: {e}"))
+        })
 }
 
 /// Feeds S3 body chunks to a blocking parser: bounded (a few chunks), so a slow
@@ -339,7 +351,12 @@ struct Pin {
 impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
     /// A dispatcher onto `queue`, auditing into `audit`. `s3` is needed only for
     /// `s3://` sources and events.
-    pub fn new(s3: Option<aws_sdk_s3::Client>, queue: Q, audit: Arc<A>, options: DispatchOptions) -> Self {
+    pub fn new(
+        s3: Option<aws_sdk_s3::Client>,
+        queue: Q,
+        audit: Arc<A>,
+        options: DispatchOptions,
+    ) -> Self {
         Self {
             s3,
             queue,
@@ -351,7 +368,11 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
     /// Handles one manifest-events message body. A test event or a non-creation
     /// event needs nothing; each created object is dispatched in turn. Errors
     /// mean the event must stay on its queue to be retried.
-    pub async fn handle_event(&self, body: &str, attempt: u32) -> Result<EventOutcome, DispatchError> {
+    pub async fn handle_event(
+        &self,
+        body: &str,
+        attempt: u32,
+    ) -> Result<EventOutcome, DispatchError> {
         match parse_event(body)? {
             ParsedEvent::Test => Ok(EventOutcome::Test),
             ParsedEvent::Other(name) => Ok(EventOutcome::Ignored(name)),
@@ -369,7 +390,11 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
     /// distinct termination and audits every rejected record and the manifest.
     /// A manifest rejected whole is audited and reported (`rejected_file`), not
     /// an error. `attempt` is recorded in the audit rows.
-    pub async fn dispatch(&self, source: &ManifestSource, attempt: u32) -> Result<DispatchReport, DispatchError> {
+    pub async fn dispatch(
+        &self,
+        source: &ManifestSource,
+        attempt: u32,
+    ) -> Result<DispatchReport, DispatchError> {
         let name = source.name();
         let hint = source.hint();
         let (reader, pin) = self.open(source, None).await?;
@@ -379,10 +404,18 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         let origin = self.origin(source, &pin);
         let first = match first {
             Ok(summary) => summary,
-            Err(ManifestError::Io(source)) => return Err(DispatchError::Io { manifest: name, source }),
+            Err(ManifestError::Io(source)) => {
+                return Err(DispatchError::Io {
+                    manifest: name,
+                    source,
+                });
+            }
             Err(e) => {
                 let reason = e.reason();
-                warn!(manifest = name, reason, "manifest rejected as a whole; nothing enqueued");
+                warn!(
+                    manifest = name,
+                    reason, "manifest rejected as a whole; nothing enqueued"
+                );
                 let report = DispatchReport {
                     origin,
                     summary: Summary::default(),
@@ -411,10 +444,17 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         let mut failure: Option<DispatchError> = None;
         while let Some(entry) = rx.recv().await {
             match entry {
-                Entry::Valid { position, record, .. } => {
+                Entry::Valid {
+                    position, record, ..
+                } => {
                     let mut at = origin.clone();
                     at.index = Some(position.index);
-                    let message = TerminationMessage::new(record, at, self.options.hr_timezone, self.options.effective_at);
+                    let message = TerminationMessage::new(
+                        record,
+                        at,
+                        self.options.hr_timezone,
+                        self.options.effective_at,
+                    );
                     batch.push(OutgoingMessage {
                         body: message.encode(),
                         ..OutgoingMessage::default()
@@ -490,13 +530,20 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             }
         }
         drop(in_flight);
-        let second = parser.await.map_err(|e| DispatchError::Task(e.to_string()))?;
+        let second = parser
+            .await
+            .map_err(|e| DispatchError::Task(e.to_string()))?;
         if let Some(e) = failure {
             return Err(e);
         }
         let second = match second {
             Ok(s) => s,
-            Err(ManifestError::Io(source)) => return Err(DispatchError::Io { manifest: name, source }),
+            Err(ManifestError::Io(source)) => {
+                return Err(DispatchError::Io {
+                    manifest: name,
+                    source,
+                });
+            }
             Err(_) => {
                 return Err(DispatchError::Changed {
                     manifest: name,
@@ -535,7 +582,10 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
     /// sandbox simulator). Holds them all in memory: not for production sizes.
     /// Errors: as [`Dispatcher::dispatch`]; a manifest unusable as a whole is
     /// [`DispatchError::Source`] with the reason.
-    pub async fn records(&self, source: &ManifestSource) -> Result<Vec<TerminationRecord>, DispatchError> {
+    pub async fn records(
+        &self,
+        source: &ManifestSource,
+    ) -> Result<Vec<TerminationRecord>, DispatchError> {
         let hint = source.hint();
         let name = source.name();
         let (reader, _) = self.open(source, None).await?;
@@ -553,7 +603,10 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         .map_err(|e| DispatchError::Task(e.to_string()))?;
         match read {
             Ok(records) => Ok(records),
-            Err(ManifestError::Io(source)) => Err(DispatchError::Io { manifest: name, source }),
+            Err(ManifestError::Io(source)) => Err(DispatchError::Io {
+                manifest: name,
+                source,
+            }),
             Err(e) => Err(DispatchError::Source(format!("{name}: {e}"))),
         }
     }
@@ -587,7 +640,9 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             };
             for message in messages {
                 if shutdown.is_cancelled() {
-                    let _ = events.change_visibility(&message.receipt_handle, Duration::ZERO).await;
+                    let _ = events
+                        .change_visibility(&message.receipt_handle, Duration::ZERO)
+                        .await;
                     continue;
                 }
                 let outcome = {
@@ -602,20 +657,37 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                 match outcome {
                     Ok(outcome) => {
                         match &outcome {
-                            EventOutcome::Test => info!(message_id = %message.message_id, "s3:TestEvent received; deleting"),
-                            EventOutcome::Ignored(name) => info!(message_id = %message.message_id, event = name, "not an object-created event; deleting"),
-                            EventOutcome::Dispatched(r) => info!(message_id = %message.message_id, manifests = r.len(), "event dispatched; deleting"),
+                            EventOutcome::Test => {
+                                info!(message_id = %message.message_id, "s3:TestEvent received; deleting")
+                            }
+                            EventOutcome::Ignored(name) => {
+                                info!(message_id = %message.message_id, event = name, "not an object-created event; deleting")
+                            }
+                            EventOutcome::Dispatched(r) => {
+                                info!(message_id = %message.message_id, manifests = r.len(), "event dispatched; deleting")
+                            }
                         }
-                        match events.delete_batch(std::slice::from_ref(&message.receipt_handle)).await {
+                        match events
+                            .delete_batch(std::slice::from_ref(&message.receipt_handle))
+                            .await
+                        {
                             Ok(f) if f.is_empty() => {}
-                            Ok(f) => warn!(failure = ?f, "could not delete the event; it will be redelivered"),
-                            Err(e) => warn!(error = %e, "could not delete the event; it will be redelivered"),
+                            Ok(f) => {
+                                warn!(failure = ?f, "could not delete the event; it will be redelivered")
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "could not delete the event; it will be redelivered")
+                            }
                         }
                     }
                     Err(e) => {
-                        let delay = Duration::from_secs(5u64.saturating_mul(1 << message.receive_count.min(8)));
+                        let delay = Duration::from_secs(
+                            5u64.saturating_mul(1 << message.receive_count.min(8)),
+                        );
                         error!(message_id = %message.message_id, error = %e, retry_in_s = delay.as_secs(), "event not dispatched; it stays on the queue");
-                        let _ = events.change_visibility(&message.receipt_handle, delay).await;
+                        let _ = events
+                            .change_visibility(&message.receipt_handle, delay)
+                            .await;
                     }
                 }
             }
@@ -643,7 +715,11 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
     /// Opens the manifest for one streaming pass. For S3 the second pass is pinned
     /// to the first one's version id, else its ETag (If-Match), so both passes read
     /// the same bytes.
-    async fn open(&self, source: &ManifestSource, pin: Option<&Pin>) -> Result<(Box<dyn Read + Send>, Pin), DispatchError> {
+    async fn open(
+        &self,
+        source: &ManifestSource,
+        pin: Option<&Pin>,
+    ) -> Result<(Box<dyn Read + Send>, Pin), DispatchError> {
         match source {
             ManifestSource::Local(path) => {
                 let file = open_local(path).map_err(|source| DispatchError::Io {
@@ -654,9 +730,18 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             }
             ManifestSource::S3(o) => {
                 let object = format!("s3://{}/{}", o.bucket, o.key);
-                let s3 = self.s3.as_ref().ok_or_else(|| DispatchError::NoS3(object.clone()))?;
-                let version = pin.and_then(|p| p.version_id.clone()).or_else(|| o.version_id.clone());
-                let mut get = s3.get_object().bucket(&o.bucket).key(&o.key).set_version_id(version);
+                let s3 = self
+                    .s3
+                    .as_ref()
+                    .ok_or_else(|| DispatchError::NoS3(object.clone()))?;
+                let version = pin
+                    .and_then(|p| p.version_id.clone())
+                    .or_else(|| o.version_id.clone());
+                let mut get = s3
+                    .get_object()
+                    .bucket(&o.bucket)
+                    .key(&o.key)
+                    .set_version_id(version);
                 if let Some(p) = pin
                     && p.version_id.is_none()
                     && let Some(etag) = &p.etag
@@ -695,7 +780,11 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
 
     /// Sends one batch, retrying only the entries that failed, with backoff.
     /// Returns how many were enqueued.
-    async fn send_with_retry(&self, batch: Vec<OutgoingMessage>, manifest: &str) -> Result<u64, DispatchError> {
+    async fn send_with_retry(
+        &self,
+        batch: Vec<OutgoingMessage>,
+        manifest: &str,
+    ) -> Result<u64, DispatchError> {
         let total = batch.len() as u64;
         let mut pending = batch;
         let mut last = String::new();
@@ -707,7 +796,8 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                         .first()
                         .map(|f| format!("{}: {}", f.code, f.message))
                         .unwrap_or_default();
-                    let failed: std::collections::HashSet<usize> = failures.iter().map(|f| f.index).collect();
+                    let failed: std::collections::HashSet<usize> =
+                        failures.iter().map(|f| f.index).collect();
                     pending = pending
                         .into_iter()
                         .enumerate()
@@ -717,8 +807,19 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                 }
                 Err(e) => last = e.to_string(),
             }
-            warn!(manifest, attempt, failed = pending.len(), error = last, "SendMessageBatch entries failed; retrying them");
-            tokio::time::sleep(self.options.send_retry_base.saturating_mul(1 << attempt.min(10))).await;
+            warn!(
+                manifest,
+                attempt,
+                failed = pending.len(),
+                error = last,
+                "SendMessageBatch entries failed; retrying them"
+            );
+            tokio::time::sleep(
+                self.options
+                    .send_retry_base
+                    .saturating_mul(1 << attempt.min(10)),
+            )
+            .await;
         }
         Err(DispatchError::Enqueue {
             manifest: manifest.to_owned(),
@@ -727,10 +828,18 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         })
     }
 
-    async fn audit_manifest(&self, report: &DispatchReport, attempt: u32) -> Result<(), DispatchError> {
+    async fn audit_manifest(
+        &self,
+        report: &DispatchReport,
+        attempt: u32,
+    ) -> Result<(), DispatchError> {
         let s = &report.summary;
         let (success, outcome, message) = match &report.rejected_file {
-            Some(reason) => (false, Outcome::Invalid, format!("manifest rejected, nothing enqueued: {reason}")),
+            Some(reason) => (
+                false,
+                Outcome::Invalid,
+                format!("manifest rejected, nothing enqueued: {reason}"),
+            ),
             // AuditEntry has no counts column; the counts are recorded as text.
             None => (
                 true,
@@ -783,7 +892,10 @@ fn open_local(path: &Path) -> io::Result<std::fs::File> {
 /// Keeps an event hidden while its manifest is dispatched (large manifests take
 /// longer than a visibility timeout).
 async fn keep_visible<E: Queue>(events: &E, receipt: &str) -> std::convert::Infallible {
-    let lease = events.settings().visibility_timeout.max(Duration::from_secs(2));
+    let lease = events
+        .settings()
+        .visibility_timeout
+        .max(Duration::from_secs(2));
     loop {
         tokio::time::sleep(lease / 2).await;
         if let Err(e) = events.change_visibility(receipt, lease).await {
@@ -822,8 +934,11 @@ mod tests {
     #[test]
     fn envelopes_test_events_and_other_events() {
         let inner = r#"{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"hr"},"object":{"key":"a+b.json"}}}]}"#;
-        let sns = serde_json::json!({"Type": "Notification", "MessageId": "x", "Message": inner}).to_string();
-        assert!(matches!(parse_event(&sns).unwrap(), ParsedEvent::Created(o) if o[0].key == "a b.json"));
+        let sns = serde_json::json!({"Type": "Notification", "MessageId": "x", "Message": inner})
+            .to_string();
+        assert!(
+            matches!(parse_event(&sns).unwrap(), ParsedEvent::Created(o) if o[0].key == "a b.json")
+        );
 
         let eb = r#"{"version":"0","detail-type":"Object Created","source":"aws.s3","detail":{"bucket":{"name":"hr"},"object":{"key":"a+b c.json","version-id":"v1"}}}"#;
         assert_eq!(
@@ -839,7 +954,10 @@ mod tests {
         let sns_test = serde_json::json!({"Type": "Notification", "Message": test}).to_string();
         assert_eq!(parse_event(&sns_test).unwrap(), ParsedEvent::Test);
         let removed = r#"{"Records":[{"eventName":"ObjectRemoved:Delete","s3":{"bucket":{"name":"hr"},"object":{"key":"a"}}}]}"#;
-        assert_eq!(parse_event(removed).unwrap(), ParsedEvent::Other("ObjectRemoved:Delete".into()));
+        assert_eq!(
+            parse_event(removed).unwrap(),
+            ParsedEvent::Other("ObjectRemoved:Delete".into())
+        );
         assert!(parse_event("{}").is_err());
         assert!(parse_event("nope").is_err());
         assert!(decode_event_key("%FF").is_err());
@@ -877,7 +995,10 @@ mod tests {
             rows.push(entry.clone());
             Ok(rows.len() as i64)
         }
-        async fn latest_terminal_outcome(&self, _: &IdempotencyKey) -> Result<Option<Outcome>, Never> {
+        async fn latest_terminal_outcome(
+            &self,
+            _: &IdempotencyKey,
+        ) -> Result<Option<Outcome>, Never> {
             Ok(None)
         }
     }
@@ -898,9 +1019,25 @@ mod tests {
         let file = manifest_file(&content, ".csv");
         let queue = MemoryQueue::new("t", Duration::from_secs(600));
         let audit = Arc::new(Rows::default());
-        let d = Dispatcher::new(None, queue.clone(), audit.clone(), DispatchOptions::default());
-        let report = d.dispatch(&ManifestSource::Local(file.path().into()), 1).await.unwrap();
-        assert_eq!((report.summary.records, report.summary.valid, report.summary.rejected, report.summary.duplicates), (26, 23, 2, 1));
+        let d = Dispatcher::new(
+            None,
+            queue.clone(),
+            audit.clone(),
+            DispatchOptions::default(),
+        );
+        let report = d
+            .dispatch(&ManifestSource::Local(file.path().into()), 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                report.summary.records,
+                report.summary.valid,
+                report.summary.rejected,
+                report.summary.duplicates
+            ),
+            (26, 23, 2, 1)
+        );
         assert_eq!(report.enqueued, 23);
         assert_eq!(queue.len(), 23);
         let bodies = queue.snapshot();
@@ -908,12 +1045,27 @@ mod tests {
         assert_eq!(first.origin.bucket, "local");
         assert_eq!(first.origin.index, Some(0));
         let rows = audit.0.lock().unwrap();
-        let rejected: Vec<_> = rows.iter().filter(|r| r.outcome == Outcome::Invalid).collect();
+        let rejected: Vec<_> = rows
+            .iter()
+            .filter(|r| r.outcome == Outcome::Invalid)
+            .collect();
         assert_eq!(rejected.len(), 2);
         assert_eq!(rejected[1].external_id.as_deref(), Some("E99"));
-        assert!(rejected[1].error_message.as_deref().unwrap().contains("line 27"));
+        assert!(
+            rejected[1]
+                .error_message
+                .as_deref()
+                .unwrap()
+                .contains("line 27")
+        );
         let manifest_row = rows.iter().find(|r| r.action == "manifest").unwrap();
-        assert!(manifest_row.error_message.as_deref().unwrap().contains("records=26 valid=23 rejected=2 duplicates=1 enqueued=23"));
+        assert!(
+            manifest_row
+                .error_message
+                .as_deref()
+                .unwrap()
+                .contains("records=26 valid=23 rejected=2 duplicates=1 enqueued=23")
+        );
     }
 
     #[tokio::test]
@@ -924,13 +1076,24 @@ mod tests {
         );
         let queue = MemoryQueue::new("t", Duration::from_secs(600));
         let audit = Arc::new(Rows::default());
-        let d = Dispatcher::new(None, queue.clone(), audit.clone(), DispatchOptions::default());
-        let report = d.dispatch(&ManifestSource::Local(file.path().into()), 1).await.unwrap();
+        let d = Dispatcher::new(
+            None,
+            queue.clone(),
+            audit.clone(),
+            DispatchOptions::default(),
+        );
+        let report = d
+            .dispatch(&ManifestSource::Local(file.path().into()), 1)
+            .await
+            .unwrap();
         let reason = report.rejected_file.unwrap();
         assert!(reason.contains("line 2"), "{reason}");
         assert!(queue.is_empty());
         let rows = audit.0.lock().unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].action.as_str(), rows[0].outcome), ("manifest", Outcome::Invalid));
+        assert_eq!(
+            (rows[0].action.as_str(), rows[0].outcome),
+            ("manifest", Outcome::Invalid)
+        );
     }
 }

@@ -191,6 +191,10 @@ impl TerminationDate {
         if value.is_empty() {
             return Err(err("empty"));
         }
+        if value.contains('/') {
+            // 03/02/2026 is 2 March in most of the world and 3 February in the US.
+            return Err(err("ambiguous date format; use YYYY-MM-DD or RFC 3339"));
+        }
         if value.len() == 10 {
             return NaiveDate::parse_from_str(value, "%Y-%m-%d")
                 .map(Self::Date)
@@ -198,9 +202,6 @@ impl TerminationDate {
         }
         if let Ok(dt) = DateTime::parse_from_rfc3339(value) {
             return Ok(Self::DateTime(dt));
-        }
-        if value.contains('/') {
-            return Err(err("ambiguous date format; use YYYY-MM-DD or RFC 3339"));
         }
         if value.contains('T') || value.contains(' ') {
             return Err(err(

@@ -114,8 +114,9 @@ fn governor_for(rate: NonZeroU32, clock: &DefaultClock) -> Arc<DirectGovernor> {
 
 impl RateLimiter {
     /// A limiter allowing `per_minute` requests a minute across all clones; that
-    /// figure is also the ceiling adaptation never exceeds. The floor adaptation
-    /// never goes below is a twentieth of it (at least 1 a minute). Adapts with
+    /// figure is also the ceiling adaptation never exceeds. Halving after 429s
+    /// never goes below a twentieth of it (at least 1 a minute); a budget the
+    /// server announces is followed even below that. Adapts with
     /// the default [`Adaptation`].
     pub fn per_minute(per_minute: NonZeroU32) -> Self {
         Self::adaptive(per_minute, Adaptation::default())
@@ -252,8 +253,9 @@ impl RateLimiter {
         if let Some(allowed) = allowed {
             st.announced = Some(allowed);
             if allowed < st.rate {
-                let to = allowed.get().max(self.inner.floor.get());
-                self.set_rate(&mut st, to, now, true);
+                // The server's own figure wins over the floor, which only stops
+                // blind halving from spiralling down.
+                self.set_rate(&mut st, allowed.get(), now, true);
                 return;
             }
         }
@@ -407,6 +409,18 @@ mod tests {
         // 5 per 2 s is 150 a minute.
         limiter.observe(Some(5), Some(1), Some(Duration::from_secs(1)));
         assert_eq!(limiter.current_per_minute(), 150);
+        // An announced budget is followed below the halving floor (30).
+        limiter.observe(Some(0), Some(0), Some(Duration::from_secs(1)));
+        assert_eq!(limiter.current_per_minute(), 150, "zero is not a budget");
+        let limiter = RateLimiter::adaptive(
+            nz(600),
+            Adaptation {
+                server_window: Duration::from_secs(4),
+                ..eager()
+            },
+        );
+        limiter.observe(Some(1), Some(0), Some(Duration::from_secs(1)));
+        assert_eq!(limiter.current_per_minute(), 15);
     }
 
     #[tokio::test]

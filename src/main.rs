@@ -11,7 +11,9 @@ use clap::Parser;
 fn main() -> ExitCode {
     deprovision::config::load_dotenv();
     let cli = cli::Cli::parse();
-    deprovision::telemetry::init(cli.log_format);
+    // Declared before the runtime so that it drops after it: the last spans and
+    // metrics are flushed once every task has finished.
+    let _telemetry = deprovision::telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -298,7 +298,10 @@ fn skip_bom<R: BufRead>(input: &mut R) -> io::Result<()> {
 
 fn sniff<R: BufRead>(input: &mut R, hint: Option<Format>) -> Result<Format, ManifestError> {
     let buf = input.fill_buf()?;
-    let Some((offset, &first)) = buf.iter().enumerate().find(|(_, b)| !b.is_ascii_whitespace())
+    let Some((offset, &first)) = buf
+        .iter()
+        .enumerate()
+        .find(|(_, b)| !b.is_ascii_whitespace())
     else {
         if buf.is_empty() {
             return Err(ManifestError::Empty);
@@ -443,7 +446,11 @@ impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
     }
 
     fn classify(&mut self, position: Position, fields: RawFields) -> Entry {
-        let raw_external_id = fields.external_id.as_ref().and_then(|r| r.as_ref().ok()).cloned();
+        let raw_external_id = fields
+            .external_id
+            .as_ref()
+            .and_then(|r| r.as_ref().ok())
+            .cloned();
         match build_record(fields) {
             Err(reason) => self.rejected(position, raw_external_id, reason),
             Ok(record) => {
@@ -472,11 +479,9 @@ impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
                         self.summary.duplicates += 1;
                         Entry::Duplicate { position, key }
                     }
-                    Some(_) => self.rejected(
-                        position,
-                        raw_external_id,
-                        RecordError::ConflictingDuplicate,
-                    ),
+                    Some(_) => {
+                        self.rejected(position, raw_external_id, RecordError::ConflictingDuplicate)
+                    }
                 }
             }
         }
@@ -632,7 +637,9 @@ impl<R: Read> Read for Counting<R> {
         if lines > 0 {
             self.state.newlines.fetch_add(lines, Ordering::Relaxed);
             let last = chunk.iter().rposition(|&b| b == b'\n').unwrap_or(0) as u64;
-            self.state.line_start.store(before + last + 1, Ordering::Relaxed);
+            self.state
+                .line_start
+                .store(before + last + 1, Ordering::Relaxed);
         }
         let start = self.state.record_start.load(Ordering::Relaxed);
         if start != u64::MAX && total.saturating_sub(start) > MAX_RECORD_BYTES {
@@ -912,7 +919,12 @@ mod tests {
         let (summary, entries) = collect(input, None).unwrap();
         assert_eq!(summary.format, Some(Format::JsonArray));
         assert_eq!(
-            (summary.records, summary.valid, summary.rejected, summary.duplicates),
+            (
+                summary.records,
+                summary.valid,
+                summary.rejected,
+                summary.duplicates
+            ),
             (7, 2, 4, 1)
         );
         assert!(summary.reconciles());
@@ -976,16 +988,30 @@ mod tests {
         let input = "{\"externalId\":\"E1\",\"terminationDate\":\"2026-03-02\"}\r\n\n{\"external_id\":\"E2\",\"termination_date\":\"2026-03-02\",\"userId\":\"\"}\n{\"externalId\":7,\"terminationDate\":\"2026-03-02\"}\n";
         let (summary, entries) = collect(input, None).unwrap();
         assert_eq!(summary.format, Some(Format::Ndjson));
-        assert_eq!((summary.records, summary.valid, summary.rejected), (3, 2, 1));
+        assert_eq!(
+            (summary.records, summary.valid, summary.rejected),
+            (3, 2, 1)
+        );
         assert_eq!(valid_ids(&entries), ["E1", "E2"]);
         let bad = rejected(&entries);
         assert_eq!((bad[0].0, bad[0].1), (2, 4));
         assert!(bad[0].2.contains("must be a string"), "{}", bad[0].2);
 
-        let err = collect("{\"externalId\":\"E1\",\"terminationDate\":\"2026-03-02\"}\n{\"externalId\": oops}\n", None)
-            .unwrap_err();
+        let err = collect(
+            "{\"externalId\":\"E1\",\"terminationDate\":\"2026-03-02\"}\n{\"externalId\": oops}\n",
+            None,
+        )
+        .unwrap_err();
         assert!(
-            matches!(err, ManifestError::Syntax { format: Format::Ndjson, line: 2, column: 16, .. }),
+            matches!(
+                err,
+                ManifestError::Syntax {
+                    format: Format::Ndjson,
+                    line: 2,
+                    column: 16,
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }
@@ -996,7 +1022,12 @@ mod tests {
         let (summary, entries) = collect(input, Some(Format::Csv)).unwrap();
         assert_eq!(summary.format, Some(Format::Csv));
         assert_eq!(
-            (summary.records, summary.valid, summary.rejected, summary.duplicates),
+            (
+                summary.records,
+                summary.valid,
+                summary.rejected,
+                summary.duplicates
+            ),
             (5, 2, 2, 1)
         );
         let bad = rejected(&entries);
@@ -1009,7 +1040,14 @@ mod tests {
     fn csv_without_required_column_is_rejected_whole() {
         let err = collect("id,date\nE1,2026-03-02\n", None).unwrap_err();
         assert!(
-            matches!(err, ManifestError::MissingColumn { column: "externalId", line: 1, .. }),
+            matches!(
+                err,
+                ManifestError::MissingColumn {
+                    column: "externalId",
+                    line: 1,
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }
@@ -1021,7 +1059,10 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!((summary.valid, summary.rejected, summary.duplicates), (1, 1, 1));
+        assert_eq!(
+            (summary.valid, summary.rejected, summary.duplicates),
+            (1, 1, 1)
+        );
         assert_eq!(
             rejected(&entries)[0].2,
             RecordError::ConflictingDuplicate.to_string()
@@ -1031,12 +1072,19 @@ mod tests {
     #[test]
     fn empty_and_mislabelled_files() {
         assert!(matches!(collect("", None), Err(ManifestError::Empty)));
-        assert!(matches!(collect("\u{FEFF}  \n", None), Err(ManifestError::Empty)));
+        assert!(matches!(
+            collect("\u{FEFF}  \n", None),
+            Err(ManifestError::Empty)
+        ));
         let (summary, _) = collect("[]", None).unwrap();
         assert_eq!(summary.records, 0);
         assert!(matches!(
             collect("\n  externalId,terminationDate\n", Some(Format::JsonArray)),
-            Err(ManifestError::Syntax { line: 2, column: 3, .. })
+            Err(ManifestError::Syntax {
+                line: 2,
+                column: 3,
+                ..
+            })
         ));
     }
 
@@ -1044,9 +1092,15 @@ mod tests {
     fn oversized_record_is_refused_not_buffered() {
         let big = "x".repeat(MAX_RECORD_BYTES as usize + 10);
         let json = format!("[{{\"externalId\":\"{big}\",\"terminationDate\":\"2026-03-02\"}}]");
-        assert!(matches!(collect(&json, None), Err(ManifestError::Syntax { .. })));
+        assert!(matches!(
+            collect(&json, None),
+            Err(ManifestError::Syntax { .. })
+        ));
         let nd = format!("{{\"externalId\":\"{big}\"}}\n");
-        assert!(matches!(collect(&nd, None), Err(ManifestError::Syntax { .. })));
+        assert!(matches!(
+            collect(&nd, None),
+            Err(ManifestError::Syntax { .. })
+        ));
     }
 
     #[test]

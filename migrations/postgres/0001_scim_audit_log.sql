@@ -28,8 +28,14 @@ CREATE TABLE scim_audit_log (
     duration_ms      BIGINT,
     idempotency_key  TEXT        CHECK (idempotency_key ~ '^[0-9a-f]{64}$'),
     actor            TEXT,
+    -- The first row of this row's termination (the row itself for a first row;
+    -- NULL for manifest and operator rows), set by the store under the chain lock:
+    -- the reports select a period by the instant and group by the id.
+    termination_first_id BIGINT,
+    termination_first_at TIMESTAMPTZ,
     prev_hash        TEXT        NOT NULL CHECK (prev_hash ~ '^[0-9a-f]{64}$'),
-    row_hash         TEXT        NOT NULL UNIQUE CHECK (row_hash ~ '^[0-9a-f]{64}$')
+    row_hash         TEXT        NOT NULL UNIQUE CHECK (row_hash ~ '^[0-9a-f]{64}$'),
+    CHECK ((termination_first_id IS NULL) = (termination_first_at IS NULL))
 );
 
 COMMENT ON TABLE scim_audit_log IS
@@ -39,6 +45,10 @@ COMMENT ON TABLE scim_audit_log IS
 CREATE INDEX scim_audit_log_external_id_idx ON scim_audit_log (external_id);
 CREATE INDEX scim_audit_log_created_at_idx ON scim_audit_log (created_at);
 CREATE INDEX scim_audit_log_idempotency_idx ON scim_audit_log (idempotency_key, id);
+-- Covering index of the weekly report: an index-only scan in termination order,
+-- aggregated without a hash table or a sort.
+CREATE INDEX scim_audit_log_termination_idx ON scim_audit_log
+    (termination_first_at, termination_first_id) INCLUDE (id, outcome, created_at, effective_at);
 
 -- Append-only, enforced here rather than by convention: row triggers for UPDATE and
 -- DELETE, a statement trigger for TRUNCATE (row triggers never see TRUNCATE).

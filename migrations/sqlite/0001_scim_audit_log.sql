@@ -31,13 +31,19 @@ CREATE TABLE scim_audit_log (
     idempotency_key  TEXT    CHECK (length(idempotency_key) = 64
                                     AND idempotency_key NOT GLOB '*[^0-9a-f]*'),
     actor            TEXT,
+    termination_first_id INTEGER,
+    termination_first_at TEXT    CHECK (termination_first_at GLOB
+        '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'),
     prev_hash        TEXT    NOT NULL CHECK (length(prev_hash) = 64),
-    row_hash         TEXT    NOT NULL UNIQUE CHECK (length(row_hash) = 64)
+    row_hash         TEXT    NOT NULL UNIQUE CHECK (length(row_hash) = 64),
+    CHECK ((termination_first_id IS NULL) = (termination_first_at IS NULL))
 ) STRICT;
 
 CREATE INDEX scim_audit_log_external_id_idx ON scim_audit_log (external_id);
 CREATE INDEX scim_audit_log_created_at_idx ON scim_audit_log (created_at);
 CREATE INDEX scim_audit_log_idempotency_idx ON scim_audit_log (idempotency_key, id);
+CREATE INDEX scim_audit_log_termination_idx ON scim_audit_log
+    (termination_first_at, termination_first_id);
 
 -- Append-only, enforced by the database. SQLite has no TRUNCATE: its DELETE without
 -- WHERE fires this row trigger too (the truncate optimisation is off while a DELETE

@@ -71,6 +71,11 @@ pub struct RowContent {
     pub status_code: Option<i64>,
     /// `success`.
     pub success: bool,
+    /// `termination_first_at`: `created_at` of the first row of this row's
+    /// termination (its own for a first row); `None` for manifest and operator rows.
+    pub termination_first_at: Option<String>,
+    /// `termination_first_id`: the id of that first row; the reports group by it.
+    pub termination_first_id: Option<i64>,
     /// `user_id`.
     pub user_id: Option<String>,
 }
@@ -103,7 +108,7 @@ pub fn read_back_text(at: DateTime<Utc>) -> String {
 /// PostgreSQL text cannot hold U+0000; a NUL in a server's error detail must not
 /// make the audit write fail (and the termination retry forever), so it is replaced
 /// by U+FFFD on both backends before storing and hashing.
-fn clean(s: &str) -> String {
+pub(crate) fn clean(s: &str) -> String {
     s.replace('\0', "\u{FFFD}")
 }
 
@@ -116,11 +121,25 @@ fn clamp_i64(v: u64) -> i64 {
 }
 
 impl RowContent {
-    /// The content stored for `entry` as row `id` created at `created_at`:
-    /// instants truncated to milliseconds, NULs replaced, unsigned numbers clamped
-    /// to `i64`.
-    pub fn from_entry(entry: &AuditEntry, id: i64, created_at: DateTime<Utc>) -> Self {
+    /// The content stored for `entry` as row `id` created at `created_at`, whose
+    /// termination's first row is `first` (id and `created_at`; `None` when this row
+    /// is the first): instants truncated to milliseconds, NULs replaced, unsigned
+    /// numbers clamped to `i64`. Rows that are not about a termination (manifest,
+    /// operator actions) get no termination fields.
+    pub fn from_entry(
+        entry: &AuditEntry,
+        id: i64,
+        created_at: DateTime<Utc>,
+        first: Option<(i64, DateTime<Utc>)>,
+    ) -> Self {
         let manifest = entry.manifest.as_ref();
+        let (first_id, first_at) = match super::first_row_lookup(entry) {
+            None => (None, None),
+            Some(_) => {
+                let (first_id, first_at) = first.unwrap_or((id, created_at));
+                (Some(first_id), Some(instant_text(first_at)))
+            }
+        };
         Self {
             action: clean(&entry.action),
             actor: clean_opt(entry.actor.as_deref()),
@@ -146,6 +165,8 @@ impl RowContent {
             sqs_message_id: clean_opt(entry.sqs_message_id.as_deref()),
             status_code: entry.status_code.map(i64::from),
             success: entry.success,
+            termination_first_at: first_at,
+            termination_first_id: first_id,
             user_id: clean_opt(entry.user_id.as_deref()),
         }
     }
@@ -358,7 +379,7 @@ mod tests {
         let mut prev = GENESIS_HASH.to_owned();
         (1..=n)
             .map(|id| {
-                let content = RowContent::from_entry(&entry(), id, at);
+                let content = RowContent::from_entry(&entry(), id, at, None);
                 let row_hash = content.hash(&prev);
                 let row = StoredChainRow {
                     content,
@@ -380,7 +401,7 @@ mod tests {
     #[test]
     fn canonical_json_is_sorted_complete_and_normalised() {
         let at = Utc.timestamp_nanos(1_772_425_800_123_456_789);
-        let c = RowContent::from_entry(&entry(), 7, at);
+        let c = RowContent::from_entry(&entry(), 7, at, Some((3, at)));
         let json = c.canonical_json();
         assert!(
             json.starts_with(r#"{"action":"deactivate","actor":null,"attempt":1,"#),
@@ -404,12 +425,12 @@ mod tests {
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
-        assert_eq!(keys.len(), 22);
+        assert_eq!(keys.len(), 24);
     }
 
     #[test]
     fn hash_matches_the_documented_formula() {
-        let c = RowContent::from_entry(&entry(), 1, Utc.timestamp_opt(0, 0).unwrap());
+        let c = RowContent::from_entry(&entry(), 1, Utc.timestamp_opt(0, 0).unwrap(), None);
         let mut h = Sha256::new();
         h.update(format!("{GENESIS_HASH}{}", c.canonical_json()).as_bytes());
         assert_eq!(c.hash(GENESIS_HASH), hex::encode(h.finalize()));

@@ -177,20 +177,107 @@ impl std::fmt::Debug for AuditStore {
     }
 }
 
-/// One termination as the weekly report needs it: when it was first seen, and its
-/// reported outcome (the latest terminal one, else the latest one) with when that
-/// was recorded.
+/// One bucket (an ISO week) of the weekly report: terminations first seen in it,
+/// each counted once under its reported outcome, and the SLA sample.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BucketCounts {
+    /// Terminations by reported outcome, indexed like [`Outcome::ALL`].
+    pub by_outcome: [u64; 13],
+    /// Successful terminations (`deactivated`, `already_inactive`) with a known
+    /// effective time.
+    pub sla_measured: u64,
+    /// Median hours from effective time to the row confirming success.
+    pub sla_median_hours: Option<f64>,
+    /// 95th percentile of the same (linear interpolation, `percentile_cont`).
+    pub sla_p95_hours: Option<f64>,
+    /// How many of the sample took longer than [`SLA_HOURS`].
+    pub sla_over_24h: u64,
+}
+
+/// The SLA: access must be gone within this many hours of the effective time.
+pub const SLA_HOURS: f64 = 24.0;
+
+/// The `p` quantile of sorted values by linear interpolation between closest
+/// ranks (PostgreSQL `percentile_cont`, same arithmetic); `None` when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    #[allow(clippy::cast_precision_loss)]
+    let rank = p.clamp(0.0, 1.0) * last as f64;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let lo = rank.floor() as usize;
+    let hi = (lo + 1).min(last);
+    let (a, b) = (sorted.get(lo)?, sorted.get(hi)?);
+    #[allow(clippy::cast_precision_loss)]
+    Some(a + (b - a) * (rank - lo as f64))
+}
+
+/// One termination, reduced: what the Rust aggregation (SQLite) needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TerminationSummary {
-    /// `created_at` of the termination's first row.
-    pub first_seen_at: DateTime<Utc>,
-    /// The reported outcome.
-    pub outcome: Outcome,
-    /// `created_at` of the row that recorded it (for success: the confirmed
-    /// deactivation time).
-    pub decided_at: DateTime<Utc>,
-    /// The termination's effective time, if any row recorded one.
-    pub effective_at: Option<DateTime<Utc>>,
+pub(crate) struct Reduced {
+    pub(crate) first_seen_at: DateTime<Utc>,
+    pub(crate) outcome: Outcome,
+    pub(crate) decided_at: DateTime<Utc>,
+    pub(crate) effective_at: Option<DateTime<Utc>>,
+}
+
+/// Buckets reduced terminations by `bounds` (ascending; bucket `i` is
+/// `bounds[i]..bounds[i + 1]`) and computes the SLA figures; the same arithmetic as
+/// the PostgreSQL query (hours from whole milliseconds).
+pub(crate) fn aggregate(terminations: &[Reduced], bounds: &[DateTime<Utc>]) -> Vec<BucketCounts> {
+    let n = bounds.len().saturating_sub(1);
+    let mut buckets = vec![BucketCounts::default(); n];
+    let mut hours: Vec<Vec<f64>> = vec![Vec::new(); n];
+    for t in terminations {
+        let Some(i) = bounds
+            .partition_point(|b| *b <= t.first_seen_at)
+            .checked_sub(1)
+        else {
+            continue;
+        };
+        let (Some(bucket), Some(sample)) = (buckets.get_mut(i), hours.get_mut(i)) else {
+            continue;
+        };
+        if let Some(slot) = Outcome::ALL
+            .iter()
+            .position(|o| *o == t.outcome)
+            .and_then(|p| bucket.by_outcome.get_mut(p))
+        {
+            *slot += 1;
+        }
+        if t.outcome.is_success()
+            && let Some(effective) = t.effective_at
+        {
+            #[allow(clippy::cast_precision_loss)]
+            sample.push((t.decided_at - effective).num_milliseconds() as f64 / 3_600_000.0);
+        }
+    }
+    for (bucket, mut sample) in buckets.iter_mut().zip(hours) {
+        sample.sort_by(f64::total_cmp);
+        bucket.sla_measured = sample.len() as u64;
+        bucket.sla_over_24h = sample.iter().filter(|h| **h > SLA_HOURS).count() as u64;
+        bucket.sla_median_hours = percentile(&sample, 0.5);
+        bucket.sla_p95_hours = percentile(&sample, 0.95);
+    }
+    buckets
+}
+
+/// How a row finds the first row of its termination, if it belongs to one.
+pub(crate) enum FirstRowLookup {
+    /// By idempotency key.
+    Key(String),
+    /// Rows without a key: by externalId among rows without a key.
+    ExternalId(String),
+}
+
+pub(crate) fn first_row_lookup(entry: &AuditEntry) -> Option<FirstRowLookup> {
+    if NON_TERMINATION_ACTIONS.contains(&entry.action.as_str()) {
+        return None;
+    }
+    match (&entry.idempotency_key, &entry.external_id) {
+        (Some(k), _) => Some(FirstRowLookup::Key(k.as_str().to_owned())),
+        (None, Some(e)) => Some(FirstRowLookup::ExternalId(chain::clean(e))),
+        (None, None) => None,
+    }
 }
 
 /// A stored row read back: its id, instant, content and hash.
@@ -198,6 +285,8 @@ pub struct TerminationSummary {
 pub struct StoredRow {
     /// The row id (chain order).
     pub id: i64,
+    /// The id of the first row of its termination (its own id for a first row).
+    pub termination_id: i64,
     /// When the store wrote it.
     pub created_at: DateTime<Utc>,
     /// What was written (timestamps at millisecond precision).
@@ -219,72 +308,63 @@ macro_rules! terminal_outcome {
         "outcome NOT IN ('retrying', 'scheduled', 'held', 'dry_run')"
     };
 }
-macro_rules! termination_key {
-    ($prefix:literal) => {
+/// The index of each outcome in [`Outcome::ALL`], as SQL (checked by a test).
+macro_rules! outcome_code {
+    () => {
+        "CASE outcome WHEN 'deactivated' THEN 0 WHEN 'already_inactive' THEN 1 \
+         WHEN 'not_found' THEN 2 WHEN 'ambiguous' THEN 3 WHEN 'identity_mismatch' THEN 4 \
+         WHEN 'protected' THEN 5 WHEN 'invalid' THEN 6 WHEN 'forbidden' THEN 7 \
+         WHEN 'failed' THEN 8 WHEN 'retrying' THEN 9 WHEN 'scheduled' THEN 10 \
+         WHEN 'held' THEN 11 WHEN 'dry_run' THEN 12 ELSE 15 END"
+    };
+}
+/// Per termination (rows grouped by their first row): first seen, latest
+/// effective time, the reported outcome's code (latest terminal row by id, else
+/// latest row; `id * 16 + code` carries the code through `max`) and when it was
+/// decided. `$from`/`$to` bound `termination_first_at`, `$as_of` is the as-of
+/// instant (placeholders per backend). Only termination rows have
+/// `termination_first_at`. The inner query computes each row's code once, in the
+/// covering index's order, behind an optimisation fence (`$fence`: PostgreSQL
+/// `OFFSET 0`, SQLite `LIMIT -1`) so that it is neither inlined (which evaluates
+/// the CASE twice) nor hashed: PostgreSQL then aggregates the sorted stream,
+/// which measured 2.0 s of CPU instead of 3.7 s for 1,000,000 rows.
+macro_rules! reduce_terminations {
+    ($from:literal, $to:literal, $as_of:literal, $fence:literal) => {
         concat!(
-            "COALESCE(",
-            $prefix,
-            "idempotency_key, 'x:' || ",
-            $prefix,
-            "external_id)"
+            "SELECT first_at, max(eff) AS eff, \
+               COALESCE(max(k) FILTER (WHERE term), max(k)) % 16 AS code, \
+               COALESCE(max(created_at) FILTER (WHERE term), max(created_at)) AS decided_at \
+             FROM (SELECT termination_first_at AS first_at, termination_first_id AS tid, \
+                 effective_at AS eff, created_at, id * 16 + ",
+            outcome_code!(),
+            " AS k, ",
+            terminal_outcome!(),
+            " AS term \
+               FROM scim_audit_log WHERE termination_first_at >= ",
+            $from,
+            " AND termination_first_at < ",
+            $to,
+            " AND created_at <= ",
+            $as_of,
+            " ORDER BY termination_first_at, termination_first_id ",
+            $fence,
+            ") AS r \
+             GROUP BY first_at, tid"
         )
     };
 }
 macro_rules! row_columns {
-    ($prefix:literal) => {
-        concat!(
-            $prefix,
-            "id, ",
-            $prefix,
-            "external_id, ",
-            $prefix,
-            "user_id, ",
-            $prefix,
-            "action, ",
-            $prefix,
-            "status_code, ",
-            $prefix,
-            "success, ",
-            $prefix,
-            "error_message, ",
-            $prefix,
-            "created_at, ",
-            $prefix,
-            "outcome, ",
-            $prefix,
-            "credential, ",
-            $prefix,
-            "groups_removed, ",
-            $prefix,
-            "attempt, ",
-            $prefix,
-            "sqs_message_id, ",
-            $prefix,
-            "manifest_bucket, ",
-            $prefix,
-            "manifest_key, ",
-            $prefix,
-            "manifest_version, ",
-            $prefix,
-            "manifest_index, ",
-            $prefix,
-            "effective_at, ",
-            $prefix,
-            "correlation_ids, ",
-            $prefix,
-            "duration_ms, ",
-            $prefix,
-            "idempotency_key, ",
-            $prefix,
-            "actor, ",
-            $prefix,
-            "prev_hash, ",
-            $prefix,
-            "row_hash"
-        )
+    () => {
+        "id, external_id, user_id, action, status_code, success, error_message, created_at, \
+         outcome, credential, groups_removed, attempt, sqs_message_id, manifest_bucket, \
+         manifest_key, manifest_version, manifest_index, effective_at, correlation_ids, \
+         duration_ms, idempotency_key, actor, termination_first_id, termination_first_at, \
+         prev_hash, row_hash"
     };
 }
-pub(crate) use {row_columns, terminal_outcome, termination_key, termination_row};
+pub(crate) use {
+    outcome_code, reduce_terminations, row_columns, terminal_outcome, termination_row,
+};
 
 /// The earliest and latest instants a query bound may take on both backends
 /// (PostgreSQL's `timestamptz` cannot hold chrono's extremes).
@@ -433,20 +513,26 @@ impl AuditStore {
         })
     }
 
-    /// Every termination first seen in `first_seen` (half-open), considering only
-    /// rows created at or before `as_of`: its first instant, its reported outcome
-    /// (latest terminal, else latest) and its effective time. A termination is all
-    /// rows sharing an idempotency key, or (rows without one) an externalId;
-    /// manifest and operator rows are not terminations.
+    /// The weekly report's counts: for each bucket `bounds[i]..bounds[i + 1]`
+    /// (ascending instants), the terminations first seen in it, considering only
+    /// rows created at or before `as_of`, each under its reported outcome (latest
+    /// terminal by id, else latest), with the SLA figures. A termination is every
+    /// row sharing an idempotency key, or (rows without one) an externalId;
+    /// manifest and operator rows are not terminations. PostgreSQL computes this in
+    /// one query; SQLite reduces in SQL and buckets in Rust.
+    ///
     /// Errors: [`AuditError::Read`], [`AuditError::Corrupt`].
-    pub async fn terminations(
+    pub async fn weekly_buckets(
         &self,
-        first_seen: Range<DateTime<Utc>>,
+        bounds: &[DateTime<Utc>],
         as_of: DateTime<Utc>,
-    ) -> Result<Vec<TerminationSummary>, AuditError> {
+    ) -> Result<Vec<BucketCounts>, AuditError> {
+        if bounds.len() < 2 {
+            return Ok(Vec::new());
+        }
         match &self.backend {
-            Backend::Postgres(s) => s.terminations(first_seen, as_of).await,
-            Backend::Sqlite(s) => s.terminations(first_seen, as_of).await,
+            Backend::Postgres(s) => s.weekly_buckets(bounds, as_of).await,
+            Backend::Sqlite(s) => s.weekly_buckets(bounds, as_of).await,
         }
     }
 
@@ -503,6 +589,7 @@ fn parse_outcome(id: i64, raw: &str) -> Result<Outcome, AuditError> {
 /// Rebuilds the typed row from its stored content.
 fn stored_row(c: chain::RowContent, row_hash: String) -> Result<StoredRow, AuditError> {
     let id = c.id;
+    let termination_id = c.termination_first_id.unwrap_or(id);
     let corrupt = |column: &'static str, value: String| AuditError::Corrupt { id, column, value };
     let credential = match c.credential.as_deref() {
         None => None,
@@ -551,6 +638,7 @@ fn stored_row(c: chain::RowContent, row_hash: String) -> Result<StoredRow, Audit
     };
     Ok(StoredRow {
         id,
+        termination_id,
         created_at: parse_instant(id, "created_at", &c.created_at)?,
         entry,
         row_hash,
@@ -571,6 +659,93 @@ mod tests {
         for a in NON_TERMINATION_ACTIONS {
             assert!(termination_row!().contains(&format!("'{a}'")));
         }
+    }
+
+    #[test]
+    fn sql_outcome_codes_match_outcome_all() {
+        let sql = outcome_code!();
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert!(
+                sql.contains(&format!("WHEN '{}' THEN {i} ", o.as_str())),
+                "{o}"
+            );
+        }
+    }
+
+    #[test]
+    fn aggregate_buckets_by_bounds_and_measures_success_only() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let bounds = [
+            t("2026-03-02T00:00:00Z"),
+            t("2026-03-09T00:00:00Z"),
+            t("2026-03-16T00:00:00Z"),
+        ];
+        let r = |first: &str, outcome, decided: &str, eff: Option<&str>| Reduced {
+            first_seen_at: t(first),
+            outcome,
+            decided_at: t(decided),
+            effective_at: eff.map(t),
+        };
+        let b = aggregate(
+            &[
+                r(
+                    "2026-03-01T23:59:59Z",
+                    Outcome::Deactivated,
+                    "2026-03-02T00:00:00Z",
+                    None,
+                ),
+                r(
+                    "2026-03-02T00:00:00Z",
+                    Outcome::Deactivated,
+                    "2026-03-02T10:00:00Z",
+                    Some("2026-03-02T00:00:00Z"),
+                ),
+                r(
+                    "2026-03-03T00:00:00Z",
+                    Outcome::AlreadyInactive,
+                    "2026-03-04T06:00:00Z",
+                    Some("2026-03-03T00:00:00Z"),
+                ),
+                r(
+                    "2026-03-03T00:00:00Z",
+                    Outcome::Failed,
+                    "2026-03-09T00:00:00Z",
+                    Some("2026-03-03T00:00:00Z"),
+                ),
+                r(
+                    "2026-03-15T23:00:00Z",
+                    Outcome::DryRun,
+                    "2026-03-15T23:00:00Z",
+                    None,
+                ),
+                r(
+                    "2026-03-16T00:00:00Z",
+                    Outcome::Deactivated,
+                    "2026-03-16T00:00:00Z",
+                    None,
+                ),
+            ],
+            &bounds,
+        );
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].by_outcome[0], 1);
+        assert_eq!(b[0].by_outcome[1], 1);
+        assert_eq!(b[0].by_outcome[8], 1);
+        assert_eq!(b[0].sla_measured, 2);
+        assert_eq!(b[0].sla_median_hours, Some(20.0));
+        assert_eq!(b[0].sla_over_24h, 1);
+        assert_eq!(b[1].by_outcome[12], 1);
+        assert_eq!(b[1].sla_median_hours, None);
+    }
+
+    #[test]
+    fn percentile_interpolates_like_percentile_cont() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(percentile(&v, 0.5), Some(2.5));
+        let p95 = percentile(&v, 0.95).unwrap();
+        assert!((p95 - 3.85).abs() < 1e-9, "{p95}");
+        assert_eq!(percentile(&[7.0], 0.95), Some(7.0));
+        assert_eq!(percentile(&[], 0.5), None);
     }
 
     #[test]

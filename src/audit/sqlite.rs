@@ -18,9 +18,11 @@ use sqlx::{Row, migrate::Migrator};
 
 use super::chain::{self, ChainWalker, RowContent, StoredChainRow, VerifyReport};
 use super::{
-    AuditEntry, AuditError, TerminationSummary, parse_instant, parse_outcome, redact, row_columns,
-    terminal_outcome, termination_key, termination_row,
+    AuditEntry, AuditError, BucketCounts, FirstRowLookup, Reduced, aggregate, first_row_lookup,
+    outcome_code, parse_instant, redact, reduce_terminations, row_columns, terminal_outcome,
+    termination_row,
 };
+use crate::domain::Outcome;
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -91,15 +93,50 @@ impl SqliteStore {
             Some((last, hash)) => (last + 1, hash),
             None => (1, chain::GENESIS_HASH.to_owned()),
         };
-        let c = RowContent::from_entry(entry, id, created_at);
+        let first: Option<(i64, String)> = match first_row_lookup(entry) {
+            None => None,
+            Some(FirstRowLookup::Key(k)) => {
+                sqlx::query_as(concat!(
+                    "SELECT termination_first_id, termination_first_at FROM scim_audit_log \
+                     WHERE idempotency_key = ?1 AND ",
+                    termination_row!(),
+                    " ORDER BY id LIMIT 1"
+                ))
+                .bind(k)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+            Some(FirstRowLookup::ExternalId(e)) => {
+                sqlx::query_as(concat!(
+                    "SELECT termination_first_id, termination_first_at FROM scim_audit_log \
+                     WHERE idempotency_key IS NULL AND external_id = ?1 AND ",
+                    termination_row!(),
+                    " ORDER BY id LIMIT 1"
+                ))
+                .bind(e)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+        };
+        let first = match first {
+            None => None,
+            Some((first_id, text)) => Some((
+                first_id,
+                DateTime::parse_from_rfc3339(&text)
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?
+                    .with_timezone(&Utc),
+            )),
+        };
+        let c = RowContent::from_entry(entry, id, created_at, first);
         let row_hash = c.hash(&prev);
         sqlx::query(
             "INSERT INTO scim_audit_log (id, external_id, user_id, action, status_code, success, \
                error_message, created_at, outcome, credential, groups_removed, attempt, \
                sqs_message_id, manifest_bucket, manifest_key, manifest_version, manifest_index, \
-               effective_at, correlation_ids, duration_ms, idempotency_key, actor, prev_hash, row_hash) \
+               effective_at, correlation_ids, duration_ms, idempotency_key, actor, \
+               termination_first_id, termination_first_at, prev_hash, row_hash) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-               ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+               ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
         )
         .bind(id)
         .bind(&c.external_id)
@@ -123,6 +160,8 @@ impl SqliteStore {
         .bind(c.duration_ms)
         .bind(&c.idempotency_key)
         .bind(&c.actor)
+        .bind(c.termination_first_id)
+        .bind(&c.termination_first_at)
         .bind(&prev)
         .bind(&row_hash)
         .execute(&mut *tx)
@@ -149,7 +188,7 @@ impl SqliteStore {
         let mut walker = ChainWalker::default();
         let mut rows = sqlx::query(concat!(
             "SELECT ",
-            row_columns!(""),
+            row_columns!(),
             " FROM scim_audit_log ORDER BY id"
         ))
         .fetch(&self.pool);
@@ -166,45 +205,48 @@ impl SqliteStore {
         Ok(walker.finish())
     }
 
-    pub(super) async fn terminations(
+    pub(super) async fn weekly_buckets(
         &self,
-        first_seen: Range<DateTime<Utc>>,
+        bounds: &[DateTime<Utc>],
         as_of: DateTime<Utc>,
-    ) -> Result<Vec<TerminationSummary>, AuditError> {
-        let rows: Vec<(i64, String, Option<String>, String, String)> = sqlx::query_as(concat!(
-            "WITH t AS (SELECT min(created_at) AS first_at, max(effective_at) AS effective_at, \
-               COALESCE(max(id) FILTER (WHERE ",
-            terminal_outcome!(),
-            "), max(id)) AS pick FROM scim_audit_log WHERE created_at <= ?3 AND ",
-            termination_row!(),
-            " GROUP BY ",
-            termination_key!(""),
-            " HAVING min(created_at) >= ?1 AND min(created_at) < ?2) \
-             SELECT l.id, t.first_at, t.effective_at, l.outcome, l.created_at \
-             FROM t JOIN scim_audit_log l ON l.id = t.pick"
-        ))
-        .bind(chain::instant_text(first_seen.start))
-        .bind(chain::instant_text(first_seen.end))
-        .bind(chain::instant_text(as_of))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|source| AuditError::Read {
-            what: "terminations",
-            source,
-        })?;
-        rows.into_iter()
-            .map(|(id, first_at, effective_at, outcome, decided_at)| {
-                Ok(TerminationSummary {
-                    first_seen_at: parse_instant(id, "created_at", &first_at)?,
-                    outcome: parse_outcome(id, &outcome)?,
-                    decided_at: parse_instant(id, "created_at", &decided_at)?,
+    ) -> Result<Vec<BucketCounts>, AuditError> {
+        let (Some(from), Some(to)) = (bounds.first(), bounds.last()) else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<(String, Option<String>, i64, String)> =
+            sqlx::query_as(reduce_terminations!("?1", "?2", "?3", "LIMIT -1"))
+                .bind(chain::instant_text(*from))
+                .bind(chain::instant_text(*to))
+                .bind(chain::instant_text(as_of))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|source| AuditError::Read {
+                    what: "weekly counts",
+                    source,
+                })?;
+        let reduced = rows
+            .into_iter()
+            .map(|(first_at, effective_at, code, decided_at)| {
+                let outcome = usize::try_from(code)
+                    .ok()
+                    .and_then(|i| Outcome::ALL.get(i).copied())
+                    .ok_or_else(|| AuditError::Corrupt {
+                        id: 0,
+                        column: "outcome",
+                        value: format!("code {code} for a termination first seen {first_at}"),
+                    })?;
+                Ok(Reduced {
+                    first_seen_at: parse_instant(0, "termination_first_at", &first_at)?,
+                    outcome,
+                    decided_at: parse_instant(0, "created_at", &decided_at)?,
                     effective_at: effective_at
                         .as_deref()
-                        .map(|t| parse_instant(id, "effective_at", t))
+                        .map(|t| parse_instant(0, "effective_at", t))
                         .transpose()?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, AuditError>>()?;
+        Ok(aggregate(&reduced, bounds))
     }
 
     pub(super) async fn termination_rows(
@@ -212,17 +254,10 @@ impl SqliteStore {
         first_seen: Range<DateTime<Utc>>,
     ) -> Result<Vec<StoredChainRow>, sqlx::Error> {
         let rows = sqlx::query(concat!(
-            "WITH t AS (SELECT ",
-            termination_key!(""),
-            " AS k FROM scim_audit_log WHERE ",
-            termination_row!(),
-            " GROUP BY 1 HAVING min(created_at) >= ?1 AND min(created_at) < ?2) SELECT ",
-            row_columns!("l."),
-            " FROM scim_audit_log l JOIN t ON ",
-            termination_key!("l."),
-            " = t.k WHERE ",
-            termination_row!(),
-            " ORDER BY l.id"
+            "SELECT ",
+            row_columns!(),
+            " FROM scim_audit_log WHERE termination_first_at >= ?1 AND termination_first_at < ?2 \
+             ORDER BY id"
         ))
         .bind(chain::instant_text(first_seen.start))
         .bind(chain::instant_text(first_seen.end))
@@ -271,6 +306,8 @@ fn decode(row: &SqliteRow) -> Result<StoredChainRow, sqlx::Error> {
             sqs_message_id: row.try_get("sqs_message_id")?,
             status_code: row.try_get("status_code")?,
             success: row.try_get("success")?,
+            termination_first_at: row.try_get("termination_first_at")?,
+            termination_first_id: row.try_get("termination_first_id")?,
             user_id: row.try_get("user_id")?,
         },
         prev_hash: row.try_get("prev_hash")?,

@@ -45,7 +45,9 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         .terminations_queue_url
         .as_deref()
         .context("TERMINATIONS_QUEUE_URL is required")?;
-    let queue = SqsQueue::connect(sqs, url).await.context("terminations queue")?;
+    let queue = SqsQueue::connect(sqs, url)
+        .await
+        .context("terminations queue")?;
     let audit = Arc::new(AuditStore::open(&args.audit).await.context("audit store")?);
     let dispatcher = Dispatcher::new(
         Some(s3_client(&aws)),

@@ -9,6 +9,7 @@ use deprovision::telemetry::LogFormat;
 
 mod audit;
 mod dispatch;
+mod healthcheck;
 mod migrate;
 mod replay;
 mod report;
@@ -44,6 +45,8 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Deprovision one person now: deactivate, strip groups, verify.
     User(Box<user::UserArgs>),
+    /// Probe a running `serve`'s `/healthz` (the container HEALTHCHECK); exit 0 if healthy.
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Apply the audit migrations to DATABASE_URL.
     Migrate(migrate::MigrateArgs),
     /// Compliance reports: weekly summary with SLA, evidence export.
@@ -61,6 +64,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::ReplayDlq(args) => replay::run(*args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::User(args) => user::run(*args).await,
+        Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Report(args) => report::run(args).await,
         Command::Audit(args) => audit::run(args).await,

@@ -75,7 +75,10 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                     item.message_id,
                     item.external_id.as_deref().unwrap_or("-"),
                     item.reason,
-                    item.detail.as_ref().map(|d| format!("  ({d})")).unwrap_or_default()
+                    item.detail
+                        .as_ref()
+                        .map(|d| format!("  ({d})"))
+                        .unwrap_or_default()
                 );
             }
             let n = report.replayed();

@@ -20,7 +20,9 @@ use anyhow::Context;
 use deprovision::audit::AuditStore;
 use deprovision::config::{AuditArgs, PolicyArgs, ScimArgs};
 use deprovision::consume::{Consumer, ConsumerOptions, NotDuePolicy, TallySnapshot};
-use deprovision::dispatch::{DispatchOptions, DispatchReport, Dispatcher, ManifestSource, s3_client};
+use deprovision::dispatch::{
+    DispatchOptions, DispatchReport, Dispatcher, ManifestSource, s3_client,
+};
 use deprovision::domain::Outcome;
 use deprovision::engine::Engine;
 use deprovision::queue::sqs::load_aws_config;
@@ -110,7 +112,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let audit = Arc::new(AuditStore::open(&audit_args).await.context("audit store")?);
 
     let dead_letter = MemoryQueue::new("dead-letter", Duration::from_secs(60));
-    let queue = MemoryQueue::with_dead_letter("terminations", Duration::from_secs(60), dead_letter.clone(), 5);
+    let queue = MemoryQueue::with_dead_letter(
+        "terminations",
+        Duration::from_secs(60),
+        dead_letter.clone(),
+        5,
+    );
     let dispatcher = Dispatcher::new(
         s3,
         queue.clone(),
@@ -135,11 +142,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             elevated_client_secret: Some(SecretString::from(SANDBOX_ELEVATED.1)),
             scim_base_url: None,
             scim_bearer_token: None,
-            rate_limit_per_minute: NonZeroU32::new(60_000).unwrap_or(args.scim.rate_limit_per_minute),
+            rate_limit_per_minute: NonZeroU32::new(60_000)
+                .unwrap_or(args.scim.rate_limit_per_minute),
             remove_roles: args.scim.remove_roles,
             scim_timeout_secs: args.scim.scim_timeout_secs,
         };
-        (Engine::from_args(&scim).context("sandbox SCIM client")?, Some(sim))
+        (
+            Engine::from_args(&scim).context("sandbox SCIM client")?,
+            Some(sim),
+        )
     } else {
         (Engine::from_args(&args.scim).context("SCIM client")?, None)
     };
@@ -212,7 +223,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let tally = pool_report.tally;
     let accounted = tally.finished() + tally.already_done + tally.not_due;
     let failed = tally.count(Outcome::Failed) + tally.count(Outcome::Forbidden);
-    let reconciled = !interrupted && report.summary.reconciles() && accounted == report.summary.valid;
+    let reconciled =
+        !interrupted && report.summary.reconciles() && accounted == report.summary.valid;
     let dead_lettered = dead_letter
         .snapshot()
         .into_iter()
@@ -220,7 +232,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             external_id: TerminationMessage::decode(&body)
                 .ok()
                 .map(|m| m.record.external_id.as_str().to_owned()),
-            reason: attrs.get(attr::REASON).cloned().unwrap_or_else(|| "unknown".into()),
+            reason: attrs
+                .get(attr::REASON)
+                .cloned()
+                .unwrap_or_else(|| "unknown".into()),
             detail: attrs.get(attr::DETAIL).cloned(),
         })
         .collect();
@@ -303,11 +318,7 @@ fn render_text(s: &Summary) -> String {
     let _ = writeln!(
         out,
         "manifest {}{mode}: {} records = {} terminations + {} rejected + {} duplicates",
-        s.manifest.origin.key,
-        m.records,
-        m.valid,
-        m.rejected,
-        m.duplicates,
+        s.manifest.origin.key, m.records, m.valid, m.rejected, m.duplicates,
     );
     let _ = writeln!(out);
     let _ = writeln!(out, "  {:<20} {:>7}", "outcome", "count");
@@ -323,13 +334,25 @@ fn render_text(s: &Summary) -> String {
         let _ = writeln!(out, "  {label:<20} {n:>7}");
     }
     if s.tally.not_due > 0 {
-        let _ = writeln!(out, "  {:<20} {:>7}   (not yet due; run again after the date)", "scheduled", s.tally.not_due);
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>7}   (not yet due; run again after the date)",
+            "scheduled", s.tally.not_due
+        );
     }
     if s.tally.already_done > 0 {
-        let _ = writeln!(out, "  {:<20} {:>7}   (finished by an earlier run; not acted on again)", "already done", s.tally.already_done);
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>7}   (finished by an earlier run; not acted on again)",
+            "already done", s.tally.already_done
+        );
     }
     if m.rejected > 0 {
-        let _ = writeln!(out, "  {:<20} {:>7}   (records rejected by the manifest reader)", "invalid records", m.rejected);
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>7}   (records rejected by the manifest reader)",
+            "invalid records", m.rejected
+        );
     }
     let _ = writeln!(out);
     if !s.dead_lettered.is_empty() {
@@ -348,13 +371,20 @@ fn render_text(s: &Summary) -> String {
     let _ = writeln!(
         out,
         "{}: {} of {} terminations accounted for; audit in {}",
-        if s.reconciled { "reconciled" } else { "NOT RECONCILED" },
+        if s.reconciled {
+            "reconciled"
+        } else {
+            "NOT RECONCILED"
+        },
         s.accounted,
         m.valid,
         s.audit
     );
     if s.interrupted {
-        let _ = writeln!(out, "interrupted: the rest stays undone; run again to finish (finished ones are skipped)");
+        let _ = writeln!(
+            out,
+            "interrupted: the rest stays undone; run again to finish (finished ones are skipped)"
+        );
     }
     if s.failed > 0 {
         let _ = writeln!(out, "{} termination(s) failed", s.failed);

@@ -1,7 +1,7 @@
 //! `deprovision serve`: the ECS service. Runs the dispatcher on the
 //! manifest-events queue and the consumer pool on the terminations queue in one
-//! process, serves `/healthz` (alive) and `/readyz` (queues, audit database and
-//! token endpoint reachable), and on SIGTERM or SIGINT drains (stops intake,
+//! process, serves `/healthz` (alive), `/metrics` and `/readyz` (queues, audit
+//! database and token endpoint reachable) on `HEALTH_ADDR`, and on SIGTERM or SIGINT drains (stops intake,
 //! lets started terminations finish within the drain deadline, releases the
 //! rest) and exits 0. Also holds the queue and signal wiring the other queue
 //! commands share.
@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use deprovision::audit::AuditStore;
-use deprovision::config::{AuditArgs, AwsArgs, PolicyArgs, ScimArgs, ScimTarget};
+use deprovision::config::{AuditArgs, AwsArgs, HealthArgs, PolicyArgs, ScimArgs, ScimTarget};
 use deprovision::consume::{AuditSink, Consumer, ConsumerOptions};
 use deprovision::dispatch::{DispatchOptions, Dispatcher, s3_client};
 use deprovision::domain::IdempotencyKey;
@@ -29,9 +29,6 @@ use url::Url;
 /// Flags of `deprovision serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address of the health endpoints (`/healthz`, `/readyz`).
-    #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080")]
-    pub health_addr: SocketAddr,
     /// Seconds started terminations may take to finish after SIGTERM; keep it
     /// below the ECS task's stopTimeout (30 s by default).
     #[arg(long, env = "DRAIN_DEADLINE_SECS", default_value_t = 25)]
@@ -44,6 +41,8 @@ pub struct ServeArgs {
     /// receive, jittered, at most 15 minutes.
     #[arg(long, env = "RETRY_BASE_SECS", default_value_t = 5)]
     pub retry_base_secs: u64,
+    #[command(flatten)]
+    pub health: HealthArgs,
     #[command(flatten)]
     pub scim: ScimArgs,
     #[command(flatten)]
@@ -134,7 +133,10 @@ impl Readiness {
         // Any well-formed key will do: the query is what is being checked.
         let probe = IdempotencyKey::from_hex(&"0".repeat(64)).ok();
         let db = match probe {
-            Some(key) => AuditSink::latest_terminal_outcome(&self.audit, &key).await.map(|_| ()).map_err(|e| e.to_string()),
+            Some(key) => AuditSink::latest_terminal_outcome(&self.audit, &key)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             None => Err("no probe key".to_owned()),
         };
         ok &= db.is_ok();
@@ -161,23 +163,35 @@ impl Readiness {
 
 fn token_endpoint(target: &ScimTarget) -> Url {
     match target {
-        ScimTarget::Genesys { login_base, .. } => login_base.join("oauth/token").unwrap_or_else(|_| login_base.clone()),
+        ScimTarget::Genesys { login_base, .. } => login_base
+            .join("oauth/token")
+            .unwrap_or_else(|_| login_base.clone()),
         ScimTarget::Static { base, .. } => base.clone(),
     }
 }
 
-async fn serve_health(addr: SocketAddr, readiness: Arc<Readiness>, stop: CancellationToken) -> anyhow::Result<()> {
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
+async fn serve_health(
+    addr: SocketAddr,
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    // `/healthz` and `/metrics` come from telemetry; readiness is ours.
+    let app = deprovision::telemetry::health_router().merge(
+        axum::Router::new()
+            .route(
             "/readyz",
             get(|State(r): State<Arc<Readiness>>| async move {
                 let (ok, body) = r.check().await;
-                let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                let status = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
                 (status, axum::Json(body))
             }),
         )
-        .with_state(readiness);
+            .with_state(readiness),
+    );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for health checks on {addr}"))?;
@@ -221,7 +235,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("HTTP client for readiness")?,
     });
     let health_stop = CancellationToken::new();
-    let health = tokio::spawn(serve_health(args.health_addr, readiness, health_stop.clone()));
+    let health = tokio::spawn(serve_health(
+        args.health.health_addr,
+        readiness,
+        health_stop.clone(),
+    ));
 
     let options = ConsumerOptions {
         concurrency: args.policy.concurrency.max(1),
@@ -230,7 +248,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         retry_base: Duration::from_secs(args.retry_base_secs),
         ..ConsumerOptions::default()
     };
-    let consumer = Consumer::new(terminations.clone(), dead_letter, engine, audit.clone(), options);
+    let consumer = Consumer::new(
+        terminations.clone(),
+        dead_letter,
+        engine,
+        audit.clone(),
+        options,
+    );
     let dispatcher = Dispatcher::new(
         Some(s3_client(&aws)),
         terminations,
@@ -249,7 +273,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (report, ()) = tokio::join!(consumer.run(shutdown.clone()), dispatch);
     health_stop.cancel();
     match health.await {
-        Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "health server stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(
+            error = format!("{e:#}"),
+            "health server stopped with an error"
+        ),
         Err(e) => tracing::warn!(error = %e, "health server task failed"),
         Ok(Ok(())) => {}
     }

@@ -2,13 +2,16 @@
 //! text|json]`: the on-demand path for one person (design.md, "Command line"),
 //! through the same engine as the queue workers. Parses the identifiers at the
 //! edge (an id that cannot be one is refused before any request), prints the
-//! outcome with its evidence, and maps it to an exit code. The audit row for it
-//! is written by the caller of [`deprovision_one`] (wired with the audit store).
+//! outcome with its evidence, and maps it to an exit code. Its audit row is
+//! appended before anything is printed; a termination that cannot be audited is
+//! reported as an error (exit 1), never as done.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use deprovision::config::ScimArgs;
+use anyhow::Context;
+use deprovision::audit::{AuditEntry, AuditStore};
+use deprovision::config::{AuditArgs, ScimArgs};
 use deprovision::domain::{ExternalId, Outcome, ScimUserId};
 use deprovision::engine::{Engine, Report, Subject};
 
@@ -41,8 +44,13 @@ pub struct UserArgs {
     /// Give up (outcome `retrying`) after this many seconds of retries.
     #[arg(long, default_value_t = 120)]
     pub deadline_secs: u64,
+    /// Who ran this, recorded in the audit row (default: the OS user).
+    #[arg(long, env = "USER")]
+    pub by: Option<String>,
     #[command(flatten)]
     pub scim: ScimArgs,
+    #[command(flatten)]
+    pub audit: AuditArgs,
 }
 
 fn parse_external_id(raw: &str) -> Result<ExternalId, String> {
@@ -85,7 +93,13 @@ pub async fn run(args: UserArgs) -> anyhow::Result<ExitCode> {
     let Some(subject) = args.subject() else {
         anyhow::bail!("give --external-id or --user-id");
     };
+    let requested_at = chrono::Utc::now();
     let engine = Engine::from_args(&args.scim)?;
+    // Open the audit store before touching the account: a change that cannot be
+    // recorded must not be made.
+    let store = AuditStore::open(&args.audit)
+        .await
+        .context("opening the audit store (DATABASE_URL)")?;
     let report = deprovision_one(
         &engine,
         &subject,
@@ -93,11 +107,53 @@ pub async fn run(args: UserArgs) -> anyhow::Result<ExitCode> {
         Duration::from_secs(args.deadline_secs.max(1)),
     )
     .await;
+    store
+        .append(&audit_entry(&args, &report, requested_at))
+        .await
+        .with_context(|| {
+            format!(
+                "the termination ended {} but its audit row could not be written",
+                report.outcome
+            )
+        })?;
     match args.format {
         Format::Json => println!("{}", render_json(&args, &report)?),
         Format::Text => print!("{}", render_text(&args, &report)),
     }
     Ok(exit_code(report.outcome))
+}
+
+/// The audit row of an on-demand deprovisioning: no message, no manifest; the
+/// operator is the actor.
+fn audit_entry(
+    args: &UserArgs,
+    report: &Report,
+    requested_at: chrono::DateTime<chrono::Utc>,
+) -> AuditEntry {
+    AuditEntry {
+        external_id: args.external_id.as_ref().map(|e| e.as_str().to_owned()),
+        user_id: report
+            .user_id
+            .as_ref()
+            .or(args.user_id.as_ref())
+            .map(|u| u.as_str().to_owned()),
+        action: "deactivate".into(),
+        status_code: report.status_code,
+        success: report.outcome.is_success(),
+        error_message: report.detail.clone(),
+        outcome: report.outcome,
+        credential: report.credential,
+        groups_removed: report.groups_removed.iter().map(|g| g.id.clone()).collect(),
+        attempt: 1,
+        sqs_message_id: None,
+        manifest: None,
+        // On demand means effective now: the SLA clock starts when the operator asks.
+        effective_at: Some(requested_at),
+        correlation_ids: report.correlation_ids.clone(),
+        duration_ms: Some(report.elapsed.as_millis().try_into().unwrap_or(u64::MAX)),
+        idempotency_key: None,
+        actor: args.by.clone(),
+    }
 }
 
 /// 0 when access is gone (or a dry run), 75 (EX_TEMPFAIL) when a retry may

@@ -179,8 +179,10 @@ impl MemoryQueue {
             if out.len() >= max {
                 break;
             }
-            if let (Some(limit), Some(_)) = (self.inner.settings.max_receive_count, &self.inner.dead_letter)
-                && m.receive_count >= limit
+            if let (Some(limit), Some(_)) = (
+                self.inner.settings.max_receive_count,
+                &self.inner.dead_letter,
+            ) && m.receive_count >= limit
             {
                 redriven.push(seq);
                 continue;
@@ -278,14 +280,20 @@ impl Queue for MemoryQueue {
         }
     }
 
-    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<EntryFailure>, QueueError> {
+    async fn send_batch(
+        &self,
+        messages: &[OutgoingMessage],
+    ) -> Result<Vec<EntryFailure>, QueueError> {
         for m in messages {
             self.push(m);
         }
         Ok(Vec::new())
     }
 
-    async fn delete_batch(&self, receipt_handles: &[String]) -> Result<Vec<EntryFailure>, QueueError> {
+    async fn delete_batch(
+        &self,
+        receipt_handles: &[String],
+    ) -> Result<Vec<EntryFailure>, QueueError> {
         let mut failures = Vec::new();
         for (index, receipt) in receipt_handles.iter().enumerate() {
             let deleted = self.with_receipt("DeleteMessage", receipt, |state, seq| {
@@ -304,7 +312,11 @@ impl Queue for MemoryQueue {
         Ok(failures)
     }
 
-    async fn change_visibility(&self, receipt_handle: &str, timeout: Duration) -> Result<(), QueueError> {
+    async fn change_visibility(
+        &self,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
         self.with_receipt("ChangeMessageVisibility", receipt_handle, |state, seq| {
             if let Some(m) = state.messages.get_mut(&seq) {
                 m.visible_at = Instant::now() + timeout;
@@ -347,7 +359,10 @@ mod tests {
         assert_eq!(second[0].message_id, first[0].message_id);
 
         // Only the latest receipt is honoured.
-        let stale = q.delete_batch(&[first[0].receipt_handle.clone()]).await.unwrap();
+        let stale = q
+            .delete_batch(&[first[0].receipt_handle.clone()])
+            .await
+            .unwrap();
         assert_eq!(stale.len(), 1);
         assert!(
             q.change_visibility(&first[0].receipt_handle, Duration::ZERO)
@@ -375,7 +390,10 @@ mod tests {
         q.send_batch(&[msg("x")]).await.unwrap();
         let got = poll.await.unwrap().unwrap();
         assert_eq!(got[0].body, "x");
-        let failures = q.delete_batch(&[got[0].receipt_handle.clone()]).await.unwrap();
+        let failures = q
+            .delete_batch(&[got[0].receipt_handle.clone()])
+            .await
+            .unwrap();
         assert!(failures.is_empty());
         q.wait_empty().await;
     }

@@ -38,7 +38,9 @@ pub enum MessageError {
     #[error("message body is not a versioned termination message: {0}")]
     Malformed(String),
     /// A version this build does not understand.
-    #[error("message version {found} is not supported (this build reads version {MESSAGE_VERSION})")]
+    #[error(
+        "message version {found} is not supported (this build reads version {MESSAGE_VERSION})"
+    )]
     UnknownVersion {
         /// The `v` found.
         found: u64,

@@ -67,16 +67,15 @@ impl SqsQueue {
             .get(&QueueAttributeName::VisibilityTimeout)
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(30);
-        let (max_receive_count, dead_letter_arn) =
-            match attrs.get(&QueueAttributeName::RedrivePolicy) {
-                None => (None, None),
-                Some(policy) => parse_redrive_policy(policy).map_err(|detail| {
-                    QueueError::Config {
-                        queue: url.clone(),
-                        detail,
-                    }
-                })?,
-            };
+        let (max_receive_count, dead_letter_arn) = match attrs
+            .get(&QueueAttributeName::RedrivePolicy)
+        {
+            None => (None, None),
+            Some(policy) => parse_redrive_policy(policy).map_err(|detail| QueueError::Config {
+                queue: url.clone(),
+                detail,
+            })?,
+        };
         Ok(Self {
             client,
             url,
@@ -219,7 +218,10 @@ impl Queue for SqsQueue {
             .collect())
     }
 
-    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<EntryFailure>, QueueError> {
+    async fn send_batch(
+        &self,
+        messages: &[OutgoingMessage],
+    ) -> Result<Vec<EntryFailure>, QueueError> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -259,7 +261,10 @@ impl Queue for SqsQueue {
         Ok(failures(out.failed()))
     }
 
-    async fn delete_batch(&self, receipt_handles: &[String]) -> Result<Vec<EntryFailure>, QueueError> {
+    async fn delete_batch(
+        &self,
+        receipt_handles: &[String],
+    ) -> Result<Vec<EntryFailure>, QueueError> {
         if receipt_handles.is_empty() {
             return Ok(Vec::new());
         }
@@ -284,7 +289,11 @@ impl Queue for SqsQueue {
         Ok(failures(out.failed()))
     }
 
-    async fn change_visibility(&self, receipt_handle: &str, timeout: Duration) -> Result<(), QueueError> {
+    async fn change_visibility(
+        &self,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
         let secs = timeout.min(super::MAX_VISIBILITY).as_secs() as i32;
         self.client
             .change_message_visibility()
@@ -305,7 +314,9 @@ mod tests {
     #[test]
     fn redrive_policy_forms() {
         assert_eq!(
-            parse_redrive_policy(r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:d","maxReceiveCount":5}"#),
+            parse_redrive_policy(
+                r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:d","maxReceiveCount":5}"#
+            ),
             Ok((Some(5), Some("arn:aws:sqs:us-east-1:1:d".into())))
         );
         assert_eq!(

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::weekly::SLA_HOURS;
 use super::{ReportError, WeeklyReport};
+use crate::audit::SLA_HOURS;
 
 /// Draws the chart of `report` as an SVG document.
 ///

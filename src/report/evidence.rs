@@ -85,25 +85,20 @@ pub async fn evidence(
 
 /// Groups rows (in id order) into terminations, in order of first appearance.
 pub(super) fn group(rows: Vec<StoredRow>) -> Vec<EvidenceRow> {
-    let mut order: Vec<String> = Vec::new();
-    let mut by_key: HashMap<String, Vec<StoredRow>> = HashMap::new();
+    let mut order: Vec<i64> = Vec::new();
+    let mut by_termination: HashMap<i64, Vec<StoredRow>> = HashMap::new();
     for row in rows {
-        let key = match (&row.entry.idempotency_key, &row.entry.external_id) {
-            (Some(k), _) => k.as_str().to_owned(),
-            (None, Some(e)) => format!("x:{e}"),
-            (None, None) => continue,
-        };
-        by_key
-            .entry(key.clone())
+        by_termination
+            .entry(row.termination_id)
             .or_insert_with(|| {
-                order.push(key);
+                order.push(row.termination_id);
                 Vec::new()
             })
             .push(row);
     }
     order
         .into_iter()
-        .filter_map(|k| by_key.remove(&k))
+        .filter_map(|k| by_termination.remove(&k))
         .filter_map(|rows| one(&rows))
         .collect()
 }

@@ -1,17 +1,14 @@
 //! The weekly compliance summary: one row per ISO week (Monday 00:00 in the
-//! report's zone) with per-termination outcome counts and the SLA figures. Computes
-//! from [`AuditStore::terminations`]; renders in `render` and `chart`.
+//! report's zone) with per-termination outcome counts and the SLA figures. Week
+//! boundaries are computed here (chrono-tz) and handed to
+//! [`AuditStore::weekly_buckets`] as instants; renders in `render` and `chart`.
 
 use chrono::{DateTime, Datelike, Days, NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
 use super::ReportError;
-use crate::audit::{AuditStore, TerminationSummary};
-use crate::domain::Outcome;
-
-/// The SLA: access must be gone within this many hours of the effective time.
-pub const SLA_HOURS: f64 = 24.0;
+use crate::audit::{AuditStore, BucketCounts};
 
 /// One ISO week. `week`, `total`, `successful` and `failed` are the seed's fields
 /// and keep their meaning; `total` counts terminations first seen that week
@@ -90,6 +87,23 @@ fn monday_of(day: NaiveDate) -> NaiveDate {
     day - Days::new(u64::from(day.weekday().num_days_from_monday()))
 }
 
+/// The Mondays of the `weeks` ISO weeks (at least 1) ending with the week that
+/// contains `now` in `tz`, and the `weeks + 1` instants bounding them.
+pub(super) fn week_bounds(
+    now: DateTime<Utc>,
+    weeks: u32,
+    tz: Tz,
+) -> (Vec<NaiveDate>, Vec<DateTime<Utc>>) {
+    let weeks = weeks.max(1);
+    let this_monday = monday_of(now.with_timezone(&tz).date_naive());
+    let first_monday = this_monday - Days::new(7 * u64::from(weeks - 1));
+    let mondays: Vec<NaiveDate> = (0..=weeks)
+        .map(|i| first_monday + Days::new(7 * u64::from(i)))
+        .collect();
+    let bounds = mondays.iter().map(|d| local_midnight(*d, tz)).collect();
+    (mondays[..mondays.len() - 1].to_vec(), bounds)
+}
+
 /// The weekly summary of the `weeks` ISO weeks (at least 1) ending with the week
 /// that contains `now` in `tz`, counting only rows created at or before `now`
 /// (so a report is reproducible for a given `now`). A termination belongs to the
@@ -106,108 +120,62 @@ pub async fn weekly(
     tz: Tz,
     now: DateTime<Utc>,
 ) -> Result<WeeklyReport, ReportError> {
-    let weeks = weeks.max(1);
-    let this_monday = monday_of(now.with_timezone(&tz).date_naive());
-    let first_monday = this_monday - Days::new(7 * u64::from(weeks - 1));
-    let start = local_midnight(first_monday, tz);
-    let end = local_midnight(this_monday + Days::new(7), tz);
-    let terminations = store.terminations(start..end, now).await?;
-    Ok(summarise(&terminations, first_monday, weeks, tz, now))
+    let (mondays, bounds) = week_bounds(now, weeks, tz);
+    let buckets = store.weekly_buckets(&bounds, now).await?;
+    let weeks = mondays
+        .iter()
+        .zip(
+            buckets
+                .iter()
+                .chain(std::iter::repeat(&BucketCounts::default())),
+        )
+        .map(|(monday, b)| week_row(*monday, b))
+        .collect();
+    Ok(WeeklyReport {
+        tz,
+        as_of: now,
+        weeks,
+    })
 }
 
-/// The pure part of [`weekly`]: buckets and counts.
-pub(super) fn summarise(
-    terminations: &[TerminationSummary],
-    first_monday: NaiveDate,
-    weeks: u32,
-    tz: Tz,
-    as_of: DateTime<Utc>,
-) -> WeeklyReport {
-    let mut rows: Vec<(WeekRow, Vec<f64>)> = (0..weeks)
-        .map(|i| {
-            let monday = first_monday + Days::new(7 * u64::from(i));
-            let iso = monday.iso_week();
-            let row = WeekRow {
-                week: format!("{}-W{:02}", iso.year(), iso.week()),
-                week_start: monday,
-                total: 0,
-                successful: 0,
-                failed: 0,
-                received: 0,
-                deactivated: 0,
-                already_inactive: 0,
-                not_found: 0,
-                protected: 0,
-                scheduled_held: 0,
-                retrying: 0,
-                dry_run: 0,
-                sla_measured: 0,
-                sla_median_hours: None,
-                sla_p95_hours: None,
-                sla_over_24h: 0,
-            };
-            (row, Vec::new())
-        })
-        .collect();
-    for t in terminations {
-        let monday = monday_of(t.first_seen_at.with_timezone(&tz).date_naive());
-        let index = (monday - first_monday).num_days() / 7;
-        let Some((row, hours)) = usize::try_from(index).ok().and_then(|i| rows.get_mut(i)) else {
-            continue;
-        };
-        row.total += 1;
-        row.received += 1;
-        let counter = match t.outcome {
-            Outcome::Deactivated => &mut row.deactivated,
-            Outcome::AlreadyInactive => &mut row.already_inactive,
-            Outcome::NotFound => &mut row.not_found,
-            Outcome::Protected => &mut row.protected,
-            Outcome::Ambiguous
-            | Outcome::IdentityMismatch
-            | Outcome::Invalid
-            | Outcome::Forbidden
-            | Outcome::Failed => &mut row.failed,
-            Outcome::Scheduled | Outcome::Held => &mut row.scheduled_held,
-            Outcome::Retrying => &mut row.retrying,
-            Outcome::DryRun => &mut row.dry_run,
-        };
-        *counter += 1;
-        if t.outcome.is_success() {
-            row.successful += 1;
-            if let Some(effective) = t.effective_at {
-                // Milliseconds as f64 are exact far beyond any real interval.
-                #[allow(clippy::cast_precision_loss)]
-                let h = (t.decided_at - effective).num_milliseconds() as f64 / 3_600_000.0;
-                hours.push(h);
-            }
-        }
+fn week_row(monday: NaiveDate, b: &BucketCounts) -> WeekRow {
+    let iso = monday.iso_week();
+    // Indexes follow `Outcome::ALL`.
+    let [
+        deactivated,
+        already_inactive,
+        not_found,
+        ambiguous,
+        identity_mismatch,
+        protected,
+        invalid,
+        forbidden,
+        failed,
+        retrying,
+        scheduled,
+        held,
+        dry_run,
+    ] = b.by_outcome;
+    let total = b.by_outcome.iter().sum();
+    WeekRow {
+        week: format!("{}-W{:02}", iso.year(), iso.week()),
+        week_start: monday,
+        total,
+        successful: deactivated + already_inactive,
+        failed: ambiguous + identity_mismatch + invalid + forbidden + failed,
+        received: total,
+        deactivated,
+        already_inactive,
+        not_found,
+        protected,
+        scheduled_held: scheduled + held,
+        retrying,
+        dry_run,
+        sla_measured: b.sla_measured,
+        sla_median_hours: b.sla_median_hours.map(round2),
+        sla_p95_hours: b.sla_p95_hours.map(round2),
+        sla_over_24h: b.sla_over_24h,
     }
-    let weeks = rows
-        .into_iter()
-        .map(|(mut row, mut hours)| {
-            hours.sort_by(f64::total_cmp);
-            row.sla_measured = hours.len() as u64;
-            row.sla_over_24h = hours.iter().filter(|h| **h > SLA_HOURS).count() as u64;
-            row.sla_median_hours = percentile(&hours, 0.5).map(round2);
-            row.sla_p95_hours = percentile(&hours, 0.95).map(round2);
-            row
-        })
-        .collect();
-    WeeklyReport { tz, as_of, weeks }
-}
-
-/// The `p` quantile of sorted values by linear interpolation between closest
-/// ranks (PostgreSQL `percentile_cont`); `None` when empty.
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    let last = sorted.len().checked_sub(1)?;
-    #[allow(clippy::cast_precision_loss)]
-    let rank = p.clamp(0.0, 1.0) * last as f64;
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let lo = rank.floor() as usize;
-    let hi = (lo + 1).min(last);
-    let (a, b) = (sorted.get(lo)?, sorted.get(hi)?);
-    #[allow(clippy::cast_precision_loss)]
-    Some(a + (b - a) * (rank - lo as f64))
 }
 
 fn round2(v: f64) -> f64 {
@@ -217,46 +185,63 @@ fn round2(v: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Outcome;
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
     #[test]
-    fn percentile_interpolates_like_percentile_cont() {
-        let v = [1.0, 2.0, 3.0, 4.0];
-        assert_eq!(percentile(&v, 0.5), Some(2.5));
-        let p95 = percentile(&v, 0.95).unwrap();
-        assert!((p95 - 3.85).abs() < 1e-9, "{p95}");
-        assert_eq!(percentile(&[7.0], 0.95), Some(7.0));
-        assert_eq!(percentile(&[], 0.5), None);
+    fn weeks_start_on_monday_midnight_in_the_zone() {
+        let now = at("2026-03-12T12:00:00Z");
+        let (mondays, utc) = week_bounds(now, 2, Tz::UTC);
+        assert_eq!(mondays[0].to_string(), "2026-03-02");
+        assert_eq!(
+            utc,
+            [
+                at("2026-03-02T00:00:00Z"),
+                at("2026-03-09T00:00:00Z"),
+                at("2026-03-16T00:00:00Z")
+            ]
+        );
+        // New York is UTC-5 until DST starts on 2026-03-08, then UTC-4.
+        let (_, ny) = week_bounds(now, 2, chrono_tz::America::New_York);
+        assert_eq!(
+            ny,
+            [
+                at("2026-03-02T05:00:00Z"),
+                at("2026-03-09T04:00:00Z"),
+                at("2026-03-16T04:00:00Z")
+            ]
+        );
+        // So 2026-03-02T04:30Z is in W10 in UTC but before W10 in New York.
+        let row = at("2026-03-02T04:30:00Z");
+        assert!(utc[0] <= row && row < utc[1]);
+        assert!(row < ny[0]);
     }
 
     #[test]
-    fn a_monday_0430z_is_a_different_week_in_new_york() {
-        let t = [TerminationSummary {
-            first_seen_at: at("2026-03-02T04:30:00Z"),
-            outcome: Outcome::Deactivated,
-            decided_at: at("2026-03-02T04:30:00Z"),
-            effective_at: Some(at("2026-03-01T05:00:00Z")),
-        }];
-        let first = NaiveDate::from_ymd_opt(2026, 2, 23).unwrap();
-        let utc = summarise(&t, first, 2, Tz::UTC, at("2026-03-03T00:00:00Z"));
+    fn week_rows_fold_outcomes_into_the_seed_fields() {
+        let mut b = BucketCounts::default();
+        for (o, n) in [
+            (Outcome::Deactivated, 3),
+            (Outcome::AlreadyInactive, 1),
+            (Outcome::Forbidden, 1),
+            (Outcome::Failed, 2),
+            (Outcome::Held, 1),
+            (Outcome::Scheduled, 1),
+        ] {
+            let i = Outcome::ALL.iter().position(|x| *x == o).unwrap();
+            b.by_outcome[i] = n;
+        }
+        b.sla_median_hours = Some(22.875);
+        let w = week_row(NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(), &b);
+        assert_eq!(w.week, "2026-W01");
         assert_eq!(
-            utc.weeks.iter().map(|w| w.total).collect::<Vec<_>>(),
-            [0, 1]
+            (w.total, w.successful, w.failed, w.scheduled_held),
+            (9, 4, 3, 2)
         );
-        let ny = summarise(
-            &t,
-            first,
-            2,
-            chrono_tz::America::New_York,
-            at("2026-03-03T00:00:00Z"),
-        );
-        assert_eq!(ny.weeks.iter().map(|w| w.total).collect::<Vec<_>>(), [1, 0]);
-        assert_eq!(ny.weeks[0].week, "2026-W09");
-        assert_eq!(ny.weeks[0].sla_median_hours, Some(23.5));
-        assert_eq!(ny.weeks[0].sla_over_24h, 0);
+        assert_eq!(w.sla_median_hours, Some(22.88));
     }
 
     #[test]

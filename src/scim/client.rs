@@ -426,14 +426,15 @@ impl Session<'_> {
                 LimitError::PausedPastDeadline { wait } => deadline_error(Some(wait)),
                 LimitError::BudgetPastDeadline => deadline_error(None),
             })?;
-            let token =
-                self.source()
-                    .token(self.deadline)
-                    .await
-                    .map_err(|source| ScimError::Auth {
-                        op: call.op.clone(),
-                        source,
-                    })?;
+            // Waiting behind another worker's token fetch must not outlast this
+            // termination's deadline either.
+            let token = tokio::time::timeout_at(self.deadline, self.source().token(self.deadline))
+                .await
+                .map_err(|_| deadline_error(None))?
+                .map_err(|source| ScimError::Auth {
+                    op: call.op.clone(),
+                    source,
+                })?;
             attempts += 1;
             self.evidence.requests += 1;
             let remaining = self.deadline.saturating_duration_since(Instant::now());

@@ -123,19 +123,22 @@ pub struct SimConfig {
     /// Users whose change gets 403 `not.authorized` for every client until
     /// `POST /_sim/allow/{id}`.
     pub denied: BTreeSet<String>,
-    /// SCIM requests allowed per client per window; `None` for no limit (and no
-    /// `inin-ratelimit-*` headers).
+    /// SCIM requests allowed per OAuth client per fixed window; `None` for no
+    /// limit. When set, every SCIM response to an authenticated client carries
+    /// `inin-ratelimit-count|allowed|reset`; requests without a valid token (401)
+    /// and token requests are neither limited nor counted against it.
     pub rate_limit_per_minute: Option<NonZeroU32>,
     /// Length of the fixed rate-limit window (Genesys: one minute). Shorter in
     /// tests so a 429's `Retry-After` is short.
     pub rate_limit_window: Duration,
     /// Shape of `Retry-After` on a 429.
     pub retry_after: RetryAfterShape,
-    /// Mean added latency per request; each request sleeps uniformly between half
-    /// and one and a half times this.
+    /// Mean added latency per request (token and SCIM; not `/_sim/*`); each
+    /// request sleeps uniformly between half and one and a half times this.
     pub latency: Duration,
-    /// Share (0.0–1.0) of SCIM requests answered 500 or 503 instead of being
-    /// served.
+    /// Share (0.0–1.0) of authenticated SCIM requests answered 500 or 503 (half
+    /// each) instead of being served; the token endpoint is not affected. An
+    /// injected error changes no state.
     pub error_rate: f64,
     /// 200 with the resource, or 204, after a successful PATCH (users and groups).
     pub patch_returns: PatchReturns,

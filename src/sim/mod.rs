@@ -14,10 +14,31 @@
 //! Files, in request order: [`config`](SimConfig) (switches), `seed` (initial
 //! directory), `server` (router, [`RunningSim`]), `switches` (correlation id,
 //! latency, auth, rate limit, injected errors), `oauth` (token endpoint), `users`
-//! and `groups` (resources), `filter` and `patch` (RFC 7644 filter and PatchOp),
+//! and `groups` (resources), `listing` (paging, attribute projection, the
+//! 25-per-page rule), `filter` and `patch` (RFC 7644 filter and PatchOp),
 //! `state` (the directory), `errors` (ScimError and platform ErrorBody),
 //! `discovery` (serviceproviderconfig, schemas, resourcetypes), `control`
 //! (`/_sim/*`), `stats` ([`SimStats`]).
+//!
+//! In-process use (tests, `run --sandbox`):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), deprovision::sim::SimError> {
+//! use deprovision::sim::{RunningSim, Seed, SimConfig};
+//! let config = SimConfig::default()
+//!     .with_seed(Seed::generate(100, 5))
+//!     .with_client("primary", "primary-secret")
+//!     .with_elevated_client("elevated", "elevated-secret");
+//! let sim = RunningSim::start(config, "127.0.0.1:0".parse().expect("an address")).await?;
+//! let base = sim.base_url(); // both GENESYS_API_URL and GENESYS_LOGIN_URL
+//! # let _ = base;
+//! let user_patches = sim.stats().user_patches();
+//! # let _ = user_patches;
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
 
 mod config;
 mod control;

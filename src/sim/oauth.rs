@@ -6,7 +6,7 @@
 //! checks them (the gate does).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -176,7 +176,10 @@ pub(crate) async fn token(
         Grant {
             client_id: Arc::from(client.id.as_str()),
             elevated: client.elevated,
-            expires_at: Instant::now() + lifetime,
+            // A lifetime too long for the clock means "never expires" here.
+            expires_at: Instant::now()
+                .checked_add(lifetime)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(u64::from(u32::MAX))),
         },
     );
     *lock(&app.counters)

@@ -177,7 +177,14 @@ impl Seed {
             let n = users.len() + 1;
             let id = match user_id {
                 Some(id) if !seen_ids.contains(id.as_str()) => id.as_str().to_owned(),
-                _ => generated_user_id(n),
+                _ => {
+                    // A manifest may already use a generated-looking id; step past it.
+                    let mut k = n;
+                    while seen_ids.contains(&generated_user_id(k)) {
+                        k += 1;
+                    }
+                    generated_user_id(k)
+                }
             };
             seen_ids.insert(id.clone());
             let mut member_of = vec![SeedGroupRef::Name(generated_group_id((n - 1) % 3 + 1))];
@@ -295,6 +302,14 @@ mod tests {
             (e("A"), u("id-other")),
             (e("C"), u("id-a")),
         ]);
+        let clash = Seed::from_records([
+            (
+                e("X"),
+                Some(ScimUserId::parse(&generated_user_id(2)).unwrap()),
+            ),
+            (e("Y"), None),
+        ]);
+        clash.validate().unwrap();
         assert_eq!(seed.users.len(), 3);
         assert_eq!(seed.users[0].id, "id-a");
         assert_ne!(seed.users[2].id, "id-a", "taken id is not reused");

@@ -92,10 +92,13 @@ fn rate_check(app: &App, client: &str) -> Option<RateDecision> {
 
 fn too_many(app: &App, d: &RateDecision) -> Response {
     let secs = d.reset_secs();
+    // httpdate cannot format dates past year 9999; a day is far enough to
+    // express any wait a test needs.
+    let date_secs = secs.min(86_400);
     let retry_after = match app.config.retry_after {
         RetryAfterShape::Seconds => Some(secs.to_string()),
         RetryAfterShape::HttpDate => Some(httpdate::fmt_http_date(
-            SystemTime::now() + Duration::from_secs(secs),
+            SystemTime::now() + Duration::from_secs(date_secs),
         )),
         RetryAfterShape::PastDate => Some(httpdate::fmt_http_date(
             SystemTime::now() - Duration::from_secs(3600),
@@ -201,7 +204,10 @@ pub(crate) async fn gate(State(app): State<Arc<App>>, mut req: Request, next: Ne
 
 /// Correlation id, latency, media type and counting, for every request.
 pub(crate) async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let id = uuid::Uuid::new_v4().to_string();
+    // A v4 UUID from the thread-local CSPRNG: no system call per request.
+    let id = uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string();
     let path = req.uri().path();
     let control = path.starts_with("/_sim/");
     let kind = ResourceKind::of_path(path);

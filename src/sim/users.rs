@@ -224,50 +224,43 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match create_inner(&app, &headers, &body) {
-        Ok(r) | Err(r) => r,
-    }
+    create_inner(&app, &headers, &body).unwrap_or_else(IntoResponse::into_response)
 }
 
-fn create_inner(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<Response, Response> {
-    let fail = |f: Fault| f.into_response();
-    check_media(headers).map_err(fail)?;
-    let m = parse_object(body).map_err(fail)?;
-    let user_name = optional_string(&m, "username", "userName")
-        .map_err(fail)?
+fn create_inner(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<Response, Fault> {
+    check_media(headers)?;
+    let m = parse_object(body)?;
+    let user_name = optional_string(&m, "username", "userName")?
         .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| fail(Fault::bad("invalidValue", "userName is required")))?;
-    let display_name = optional_string(&m, "displayname", "displayName")
-        .map_err(fail)?
+        .ok_or_else(|| Fault::bad("invalidValue", "userName is required"))?;
+    let display_name = optional_string(&m, "displayname", "displayName")?
         .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| fail(Fault::bad("invalidValue", "displayName is required")))?;
+        .ok_or_else(|| Fault::bad("invalidValue", "displayName is required"))?;
     let active = field(&m, "active")
         .map(|v| expect_bool("active", v))
-        .transpose()
-        .map_err(fail)?
+        .transpose()?
         .unwrap_or(true);
-    let external_id = optional_string(&m, "externalid", "externalId").map_err(fail)?;
-    let title = optional_string(&m, "title", "title").map_err(fail)?;
+    let external_id = optional_string(&m, "externalid", "externalId")?;
+    let title = optional_string(&m, "title", "title")?;
     let roles = field(&m, "roles")
         .map(|v| expect_value_list("roles", v))
-        .transpose()
-        .map_err(fail)?
+        .transpose()?
         .unwrap_or_default();
     let mut store = lock(&app.store);
     if store.user_name_in_use(&user_name, None) {
-        return Err(fail(Fault::Scim {
+        return Err(Fault::Scim {
             status: StatusCode::CONFLICT,
             scim_type: Some("uniqueness"),
             detail: format!("userName {user_name:?} is already in use"),
-        }));
+        });
     }
     let mut id = uuid::Uuid::new_v4().to_string();
     while store.user_id_taken(&id) {
         id = uuid::Uuid::new_v4().to_string();
     }
     let now = Utc::now();
-    store.insert_user(User {
-        id: id.clone(),
+    let user = User {
+        id,
         user_name,
         display_name,
         external_id,
@@ -278,18 +271,13 @@ fn create_inner(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<Response,
         version: 1,
         created: now,
         last_modified: now,
-    });
-    let u = store.user(&id).ok_or_else(|| {
-        fail(Fault::scim(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "user vanished",
-        ))
-    })?;
+    };
+    store.insert_user(user.clone());
     Ok(resource_response(
         StatusCode::CREATED,
         app,
         &store,
-        u,
+        &user,
         &Projection::All,
     ))
 }

@@ -7,4 +7,6 @@ mod engine;
 mod manifest;
 mod pipeline;
 mod report;
+mod sim;
 mod support;
+mod telemetry;

@@ -11,7 +11,12 @@ use crate::pipeline::harness::{Aws, Queues, aws, run_bin, unique};
 
 async fn bucket(aws: &Aws) -> String {
     let bucket = unique("hr-dispatch");
-    aws.s3.create_bucket().bucket(&bucket).send().await.expect("bucket");
+    aws.s3
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket");
     bucket
 }
 
@@ -56,12 +61,21 @@ async fn csv_ndjson_and_json_manifests_fan_out_one_message_per_termination() {
     for (key, content, (records, valid, rejected, duplicates)) in cases {
         let queues = aws.queues(5, 30).await;
         aws.put(&bucket, key, content).await;
-        let (status, out) = run_bin(&["dispatch", &format!("s3://{bucket}/{key}")], &env(&db.url, &queues)).await;
+        let (status, out) = run_bin(
+            &["dispatch", &format!("s3://{bucket}/{key}")],
+            &env(&db.url, &queues),
+        )
+        .await;
         assert!(status.success(), "{key}: {status:?}\n{out}");
         let report: serde_json::Value = serde_json::from_str(&out).expect("json report");
         let s = &report["summary"];
         assert_eq!(
-            (s["records"].as_u64(), s["valid"].as_u64(), s["rejected"].as_u64(), s["duplicates"].as_u64()),
+            (
+                s["records"].as_u64(),
+                s["valid"].as_u64(),
+                s["rejected"].as_u64(),
+                s["duplicates"].as_u64()
+            ),
             (Some(records), Some(valid), Some(rejected), Some(duplicates)),
             "{key}: {report}"
         );
@@ -74,9 +88,15 @@ async fn csv_ndjson_and_json_manifests_fan_out_one_message_per_termination() {
             assert_eq!(m.idempotency_key, m.record.idempotency_key());
         }
         if key.ends_with(".csv") {
-            let ids: BTreeSet<_> = messages.iter().map(|m| m.record.external_id.to_string()).collect();
+            let ids: BTreeSet<_> = messages
+                .iter()
+                .map(|m| m.record.external_id.to_string())
+                .collect();
             assert_eq!(ids, BTreeSet::from(["C1".to_owned(), "C2".to_owned()]));
-            let c1 = messages.iter().find(|m| m.record.external_id.as_str() == "C1").expect("C1");
+            let c1 = messages
+                .iter()
+                .find(|m| m.record.external_id.as_str() == "C1")
+                .expect("C1");
             // A date-only termination starts that day in the HR time zone.
             assert_eq!(c1.effective_at.to_rfc3339(), "2026-03-02T05:00:00+00:00");
         }
@@ -91,16 +111,26 @@ async fn a_manifest_broken_as_a_whole_enqueues_nothing_and_is_audited() {
     let queues = aws.queues(5, 30).await;
     let mut body = String::from("[\n");
     for i in 0..50 {
-        body.push_str(&format!("{{\"externalId\":\"B{i}\",\"terminationDate\":\"2026-03-02\"}},\n"));
+        body.push_str(&format!(
+            "{{\"externalId\":\"B{i}\",\"terminationDate\":\"2026-03-02\"}},\n"
+        ));
     }
     body.push_str("{\"externalId\":\"B50\" \"terminationDate\":\"2026-03-02\"}\n]");
     aws.put(&bucket, "broken.json", body).await;
-    let (status, out) = run_bin(&["dispatch", &format!("s3://{bucket}/broken.json")], &env(&db.url, &queues)).await;
+    let (status, out) = run_bin(
+        &["dispatch", &format!("s3://{bucket}/broken.json")],
+        &env(&db.url, &queues),
+    )
+    .await;
     assert_eq!(status.code(), Some(2), "{out}");
     let report: serde_json::Value = serde_json::from_str(&out).expect("json report");
     let reason = report["rejected_file"].as_str().expect("rejected");
     assert!(reason.contains("line 52"), "{reason}");
-    assert_eq!(aws.depth(&queues.terminations).await, 0, "nothing enqueued from a broken file");
+    assert_eq!(
+        aws.depth(&queues.terminations).await,
+        0,
+        "nothing enqueued from a broken file"
+    );
     let rows = db.store.termination_rows(None, None).await.expect("rows");
     assert!(rows.is_empty(), "no termination rows for a rejected file");
 }

@@ -137,15 +137,16 @@ async fn the_stored_instant_does_not_depend_on_the_writer_session_timezone() {
         .fetch_one(&mut la)
         .await
         .unwrap();
-    let c = RowContent::from_entry(&e, id, instant);
+    let c = RowContent::from_entry(&e, id, instant, None);
     let row_hash = c.hash(GENESIS_HASH);
     sqlx::query(
         "INSERT INTO scim_audit_log (id, external_id, user_id, action, status_code, success, \
            error_message, created_at, outcome, credential, groups_removed, attempt, \
            sqs_message_id, manifest_bucket, manifest_key, manifest_version, manifest_index, \
-           effective_at, correlation_ids, duration_ms, idempotency_key, actor, prev_hash, row_hash) \
+           effective_at, correlation_ids, duration_ms, idempotency_key, actor, \
+           termination_first_id, termination_first_at, prev_hash, row_hash) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-           $18, $19, $20, $21, $22, $23, $24)",
+           $18, $19, $20, $21, $22, $23, $24, $25, $26)",
     )
     .bind(id)
     .bind(&c.external_id)
@@ -169,6 +170,8 @@ async fn the_stored_instant_does_not_depend_on_the_writer_session_timezone() {
     .bind(c.duration_ms)
     .bind(&c.idempotency_key)
     .bind(&c.actor)
+    .bind(id)
+    .bind(instant)
     .bind(GENESIS_HASH)
     .bind(&row_hash)
     .execute(&mut la)

@@ -46,8 +46,9 @@ async fn instants_are_fixed_width_utc_text() {
         .raw
         .exec(
             "INSERT INTO scim_audit_log (action, success, created_at, outcome, groups_removed, \
-             attempt, correlation_ids, prev_hash, row_hash) VALUES ('deactivate', 1, \
-             '2026-03-02 04:30:00', 'deactivated', '[]', 1, '[]', \
+             attempt, correlation_ids, termination_first_id, termination_first_at, prev_hash, \
+             row_hash) VALUES ('deactivate', 1, '2026-03-02 04:30:00', 'deactivated', '[]', 1, \
+             '[]', 9, '2026-03-02T04:30:00.000Z', \
              printf('%064d', 0), printf('%064d', 1))",
         )
         .await

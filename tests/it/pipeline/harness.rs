@@ -27,7 +27,10 @@ pub fn bin() -> &'static str {
 
 /// A short unique, lowercase name (valid for buckets and queues).
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// S3 and SQS clients on moto (`$AWS_ENDPOINT_URL`).
@@ -93,7 +96,10 @@ impl Aws {
                 &format!("{id}-terminations"),
                 &[
                     (QueueAttributeName::RedrivePolicy, policy),
-                    (QueueAttributeName::VisibilityTimeout, visibility_secs.to_string()),
+                    (
+                        QueueAttributeName::VisibilityTimeout,
+                        visibility_secs.to_string(),
+                    ),
                 ],
             )
             .await;
@@ -272,9 +278,29 @@ pub async fn start_sim(config: SimConfig) -> RunningSim {
         .expect("start simulator")
 }
 
+/// A port free right now on 127.0.0.1 (for a child's `HEALTH_ADDR`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The `HEALTH_ADDR` value in an environment from [`env_for`].
+pub fn health_url(env: &[(String, String)], path: &str) -> String {
+    let addr = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "HEALTH_ADDR")
+        .map(|(_, v)| v.clone())
+        .expect("HEALTH_ADDR");
+    format!("http://{addr}{path}")
+}
+
 /// Environment for the binary: the simulator, the audit database, the queues.
 pub fn env_for(sim: &RunningSim, database_url: &str, queues: &Queues) -> Vec<(String, String)> {
     let api = sim.base_url().to_string();
+    let health = format!("127.0.0.1:{}", free_port());
     [
         ("GENESYS_API_URL", api.as_str()),
         ("PRIMARY_CLIENT_ID", PRIMARY.0),
@@ -285,7 +311,7 @@ pub fn env_for(sim: &RunningSim, database_url: &str, queues: &Queues) -> Vec<(St
         ("MANIFEST_EVENTS_QUEUE_URL", queues.events.as_str()),
         ("TERMINATIONS_QUEUE_URL", queues.terminations.as_str()),
         ("DEAD_LETTER_QUEUE_URL", queues.dead_letter.as_str()),
-        ("HEALTH_ADDR", "127.0.0.1:0"),
+        ("HEALTH_ADDR", health.as_str()),
         ("RATE_LIMIT_PER_MINUTE", "60000"),
         ("CONCURRENCY", "8"),
         ("RETRY_BASE_SECS", "1"),
@@ -338,7 +364,10 @@ pub async fn run_bin(args: &[&str], env: &[(String, String)]) -> (ExitStatus, St
         .output()
         .await
         .expect("run deprovision");
-    (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// Terminal outcomes recorded per idempotency key (only termination rows).

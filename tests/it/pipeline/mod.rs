@@ -41,8 +41,14 @@ async fn manifest_upload_through_serve_deactivates_audits_and_reconciles() {
     let bucket = aws.bucket_notifying(&queues.events).await;
     let recs = records("PL", 200);
     let (mut config, seed) = sim_config(&recs);
-    let elevated: Vec<String> = ["PL0010", "PL0011", "PL0012"].iter().map(|e| user_id_of(&seed, e)).collect();
-    let denied: Vec<String> = ["PL0020", "PL0021"].iter().map(|e| user_id_of(&seed, e)).collect();
+    let elevated: Vec<String> = ["PL0010", "PL0011", "PL0012"]
+        .iter()
+        .map(|e| user_id_of(&seed, e))
+        .collect();
+    let denied: Vec<String> = ["PL0020", "PL0021"]
+        .iter()
+        .map(|e| user_id_of(&seed, e))
+        .collect();
     for id in &elevated {
         config = config.with_requires_elevated(id);
     }
@@ -60,13 +66,22 @@ async fn manifest_upload_through_serve_deactivates_audits_and_reconciles() {
     let body = format!("\u{FEFF}{body}");
 
     let service = Service::start(&env_for(&sim, &db.url, &queues));
-    aws.put(&bucket, "incoming/2026-01 terminations.json", body).await;
+    aws.put(&bucket, "incoming/2026-01 terminations.json", body)
+        .await;
 
-    eventually("200 terminal outcomes and 2 dead letters", LIMIT, || async {
-        terminal_by_key(&db.store).await.len() == 200 && aws.depth(&queues.dead_letter).await == 2
+    eventually(
+        "200 terminal outcomes and 2 dead letters",
+        LIMIT,
+        || async {
+            terminal_by_key(&db.store).await.len() == 200
+                && aws.depth(&queues.dead_letter).await == 2
+        },
+    )
+    .await;
+    eventually("the events queue to drain", LIMIT, || async {
+        aws.depth(&queues.events).await == 0
     })
     .await;
-    eventually("the events queue to drain", LIMIT, || async { aws.depth(&queues.events).await == 0 }).await;
     let status = service.terminate().await;
     assert!(status.success(), "serve exit status {status:?}");
 
@@ -78,20 +93,33 @@ async fn manifest_upload_through_serve_deactivates_audits_and_reconciles() {
             assert!(user.active, "{id} was refused and must still be active");
         } else {
             assert!(!user.active, "{} still active", r.external_id);
-            assert!(user.groups.is_empty(), "{} still in {:?}", r.external_id, user.groups);
+            assert!(
+                user.groups.is_empty(),
+                "{} still in {:?}",
+                r.external_id,
+                user.groups
+            );
         }
     }
 
     // Exactly one terminal outcome per termination, and the right ones.
     let by_key = terminal_by_key(&db.store).await;
-    assert!(by_key.values().all(|o| o.len() == 1), "a termination has several terminal rows");
+    assert!(
+        by_key.values().all(|o| o.len() == 1),
+        "a termination has several terminal rows"
+    );
     let count = |o: Outcome| by_key.values().filter(|v| v[0] == o).count();
-    assert_eq!((count(Outcome::Deactivated), count(Outcome::Forbidden)), (198, 2));
+    assert_eq!(
+        (count(Outcome::Deactivated), count(Outcome::Forbidden)),
+        (198, 2)
+    );
     let rows = db.store.termination_rows(None, None).await.expect("rows");
     for e in ["PL0010", "PL0011", "PL0012"] {
         let row = rows
             .iter()
-            .find(|r| r.entry.external_id.as_deref() == Some(e) && r.entry.outcome == Outcome::Deactivated)
+            .find(|r| {
+                r.entry.external_id.as_deref() == Some(e) && r.entry.outcome == Outcome::Deactivated
+            })
             .expect("deactivated row");
         assert_eq!(row.entry.credential, Some(Credential::Elevated), "{e}");
     }
@@ -101,8 +129,12 @@ async fn manifest_upload_through_serve_deactivates_audits_and_reconciles() {
     let mut dead_ids: Vec<String> = dead
         .iter()
         .map(|(body, attrs)| {
-            assert_eq!(attrs.get(attr::REASON).map(String::as_str), Some("forbidden"));
-            let m = deprovision::queue::TerminationMessage::decode(body).expect("dead-lettered body");
+            assert_eq!(
+                attrs.get(attr::REASON).map(String::as_str),
+                Some("forbidden")
+            );
+            let m =
+                deprovision::queue::TerminationMessage::decode(body).expect("dead-lettered body");
             m.record.external_id.as_str().to_owned()
         })
         .collect();
@@ -110,14 +142,28 @@ async fn manifest_upload_through_serve_deactivates_audits_and_reconciles() {
     assert_eq!(dead_ids, ["PL0020", "PL0021"]);
 
     // The invalid records and the manifest's counts are audited.
-    let invalid = pg_rows(&db.raw, "SELECT error_message FROM scim_audit_log WHERE outcome = 'invalid'").await;
+    let invalid = pg_rows(
+        &db.raw,
+        "SELECT error_message FROM scim_audit_log WHERE outcome = 'invalid'",
+    )
+    .await;
     assert_eq!(invalid.len(), 3);
-    let manifest = pg_rows(&db.raw, "SELECT error_message, manifest_key FROM scim_audit_log WHERE action = 'manifest'").await;
+    let manifest = pg_rows(
+        &db.raw,
+        "SELECT error_message, manifest_key FROM scim_audit_log WHERE action = 'manifest'",
+    )
+    .await;
     assert_eq!(manifest.len(), 1);
     let counts: String = manifest[0].get("error_message");
-    assert!(counts.contains("records=204 valid=200 rejected=3 duplicates=1 enqueued=200"), "{counts}");
+    assert!(
+        counts.contains("records=204 valid=200 rejected=3 duplicates=1 enqueued=200"),
+        "{counts}"
+    );
     let key: String = manifest[0].get("manifest_key");
-    assert_eq!(key, "incoming/2026-01 terminations.json", "key decoded as S3 encodes it");
+    assert_eq!(
+        key, "incoming/2026-01 terminations.json",
+        "key decoded as S3 encodes it"
+    );
 }
 
 /// A redelivered event and a re-uploaded identical manifest enqueue the
@@ -135,7 +181,10 @@ async fn redelivered_event_and_reupload_cause_no_second_deactivation() {
     let service = Service::start(&env_for(&sim, &db.url, &queues));
     let key = "m/March+final 1.json";
     aws.put(&bucket, key, json_manifest(&recs)).await;
-    eventually("12 terminal outcomes", LIMIT, || async { terminal_by_key(&db.store).await.len() == 12 }).await;
+    eventually("12 terminal outcomes", LIMIT, || async {
+        terminal_by_key(&db.store).await.len() == 12
+    })
+    .await;
     let patches = sim.stats().count(ResourceKind::User, "PATCH");
     assert_eq!(patches, 12);
 
@@ -148,16 +197,28 @@ async fn redelivered_event_and_reupload_cause_no_second_deactivation() {
     aws.send_raw(&queues.events, &event.to_string()).await;
     aws.put(&bucket, key, json_manifest(&recs)).await;
     eventually("three manifest rows and empty queues", LIMIT, || async {
-        let n = pg_rows(&db.raw, "SELECT 1 FROM scim_audit_log WHERE action = 'manifest'").await.len();
+        let n = pg_rows(
+            &db.raw,
+            "SELECT 1 FROM scim_audit_log WHERE action = 'manifest'",
+        )
+        .await
+        .len();
         n == 3 && aws.depth(&queues.events).await == 0 && aws.depth(&queues.terminations).await == 0
     })
     .await;
     assert!(service.terminate().await.success());
 
-    assert_eq!(sim.stats().count(ResourceKind::User, "PATCH"), 12, "no second deactivation");
+    assert_eq!(
+        sim.stats().count(ResourceKind::User, "PATCH"),
+        12,
+        "no second deactivation"
+    );
     let by_key = terminal_by_key(&db.store).await;
     assert_eq!(by_key.len(), 12);
-    assert!(by_key.values().all(|o| o == &[Outcome::Deactivated]), "{by_key:?}");
+    assert!(
+        by_key.values().all(|o| o == &[Outcome::Deactivated]),
+        "{by_key:?}"
+    );
     assert_eq!(aws.depth(&queues.dead_letter).await, 0);
 }
 
@@ -172,7 +233,10 @@ async fn fixed_cause_and_replay_drain_the_dlq_to_success() {
     let bucket = aws.bucket_notifying(&queues.events).await;
     let recs = records("RP", 6);
     let (mut config, seed) = sim_config(&recs);
-    let denied: Vec<String> = ["RP0002", "RP0005"].iter().map(|e| user_id_of(&seed, e)).collect();
+    let denied: Vec<String> = ["RP0002", "RP0005"]
+        .iter()
+        .map(|e| user_id_of(&seed, e))
+        .collect();
     for id in &denied {
         config = config.with_denied(id);
     }
@@ -180,39 +244,89 @@ async fn fixed_cause_and_replay_drain_the_dlq_to_success() {
     let env = env_for(&sim, &db.url, &queues);
     let service = Service::start(&env);
     aws.put(&bucket, "replay.json", json_manifest(&recs)).await;
-    eventually("two dead letters", LIMIT, || async { aws.depth(&queues.dead_letter).await == 2 }).await;
+    eventually("two dead letters", LIMIT, || async {
+        aws.depth(&queues.dead_letter).await == 2
+    })
+    .await;
+
+    // While it runs, the service is alive and ready (queues, database, token
+    // endpoint all reachable).
+    let http = reqwest::Client::new();
+    let alive = http.get(health_url(&env, "/healthz")).send().await.expect("healthz");
+    assert!(alive.status().is_success());
+    let ready = http.get(health_url(&env, "/readyz")).send().await.expect("readyz");
+    assert!(ready.status().is_success());
+    let ready: serde_json::Value = ready.json().await.expect("readyz json");
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["queues"].as_array().map(Vec::len), Some(3), "{ready}");
 
     let (status, out) = run_bin(&["replay-dlq", "--dry-run"], &env).await;
     assert!(status.success());
-    assert!(out.contains("2 of 2 dead-lettered messages would be replayed"), "{out}");
-    assert_eq!(aws.depth(&queues.dead_letter).await, 2, "a dry run moves nothing");
+    assert!(
+        out.contains("2 of 2 dead-lettered messages would be replayed"),
+        "{out}"
+    );
+    assert_eq!(
+        aws.depth(&queues.dead_letter).await,
+        2,
+        "a dry run moves nothing"
+    );
 
-    let http = reqwest::Client::new();
     for id in &denied {
         let r = http
-            .post(sim.base_url().join(&format!("_sim/allow/{id}")).expect("url"))
+            .post(
+                sim.base_url()
+                    .join(&format!("_sim/allow/{id}"))
+                    .expect("url"),
+            )
             .send()
             .await
             .expect("allow");
         assert!(r.status().is_success());
     }
-    let (status, out) = run_bin(&["replay-dlq", "--reason", "forbidden", "--actor", "it-operator"], &env).await;
+    let (status, out) = run_bin(
+        &[
+            "replay-dlq",
+            "--reason",
+            "forbidden",
+            "--actor",
+            "it-operator",
+        ],
+        &env,
+    )
+    .await;
     assert!(status.success(), "{out}");
-    assert!(out.contains("2 of 2 dead-lettered messages replayed"), "{out}");
+    assert!(
+        out.contains("2 of 2 dead-lettered messages replayed"),
+        "{out}"
+    );
 
     eventually("the replayed terminations to succeed", LIMIT, || async {
-        denied.iter().all(|id| sim.user(id).is_some_and(|u| !u.active))
+        denied
+            .iter()
+            .all(|id| sim.user(id).is_some_and(|u| !u.active))
             && aws.depth(&queues.terminations).await == 0
     })
     .await;
     assert!(service.terminate().await.success());
     assert_eq!(aws.depth(&queues.dead_letter).await, 0);
 
-    let replays = pg_rows(&db.raw, "SELECT actor FROM scim_audit_log WHERE action = 'replay'").await;
+    let replays = pg_rows(
+        &db.raw,
+        "SELECT actor FROM scim_audit_log WHERE action = 'replay'",
+    )
+    .await;
     assert_eq!(replays.len(), 2);
-    assert!(replays.iter().all(|r| r.get::<Option<String>, _>("actor").as_deref() == Some("it-operator")));
+    assert!(
+        replays
+            .iter()
+            .all(|r| r.get::<Option<String>, _>("actor").as_deref() == Some("it-operator"))
+    );
     for e in ["RP0002", "RP0005"] {
-        let outcomes = terminal_by_key(&db.store).await.remove(&key_of(e)).expect("rows");
+        let outcomes = terminal_by_key(&db.store)
+            .await
+            .remove(&key_of(e))
+            .expect("rows");
         assert_eq!(outcomes, [Outcome::Forbidden, Outcome::Deactivated], "{e}");
     }
 }
@@ -247,8 +361,15 @@ async fn sigterm_mid_run_drains_and_a_restart_finishes_without_doubles() {
     let status = service.terminate().await;
     assert!(status.success(), "exit after SIGTERM: {status:?}");
     let done_at_stop = terminal_by_key(&db.store).await.len();
-    assert!(done_at_stop < 60, "the drain test needs work left at SIGTERM");
-    assert_eq!(aws.depth(&queues.dead_letter).await, 0, "nothing dead-lettered by a drain");
+    assert!(
+        done_at_stop < 60,
+        "the drain test needs work left at SIGTERM"
+    );
+    assert_eq!(
+        aws.depth(&queues.dead_letter).await,
+        0,
+        "nothing dead-lettered by a drain"
+    );
 
     let service = Service::start(&env);
     eventually("all 60 terminations done after restart", LIMIT, || async {
@@ -257,8 +378,15 @@ async fn sigterm_mid_run_drains_and_a_restart_finishes_without_doubles() {
     .await;
     assert!(service.terminate().await.success());
     let by_key = terminal_by_key(&db.store).await;
-    assert!(by_key.values().all(|o| o == &[Outcome::Deactivated]), "{by_key:?}");
-    assert_eq!(sim.stats().count(ResourceKind::User, "PATCH"), 60, "no second deactivation");
+    assert!(
+        by_key.values().all(|o| o == &[Outcome::Deactivated]),
+        "{by_key:?}"
+    );
+    assert_eq!(
+        sim.stats().count(ResourceKind::User, "PATCH"),
+        60,
+        "no second deactivation"
+    );
     assert_eq!(aws.depth(&queues.dead_letter).await, 0);
 }
 
@@ -283,15 +411,25 @@ async fn a_5xx_storm_then_recovery_loses_nothing() {
     aws.put(&bucket, "storm.json", json_manifest(&recs)).await;
 
     eventually("retries recorded during the storm", LIMIT, || async {
-        let n = pg_rows(&db.raw, "SELECT 1 FROM scim_audit_log WHERE outcome = 'retrying'").await.len();
+        let n = pg_rows(
+            &db.raw,
+            "SELECT 1 FROM scim_audit_log WHERE outcome = 'retrying'",
+        )
+        .await
+        .len();
         n >= 15
     })
     .await;
     assert!(stormy.stats().injected_errors > 0);
-    assert!(terminal_by_key(&db.store).await.is_empty(), "nothing can finish in the storm");
+    assert!(
+        terminal_by_key(&db.store).await.is_empty(),
+        "nothing can finish in the storm"
+    );
     stormy.shutdown().await;
     // Recovery: the same directory, healthy, on the same address.
-    let healthy = deprovision::sim::RunningSim::start(config, addr).await.expect("restart simulator");
+    let healthy = deprovision::sim::RunningSim::start(config, addr)
+        .await
+        .expect("restart simulator");
 
     eventually("all 15 deactivated after recovery", LIMIT, || async {
         terminal_by_key(&db.store).await.len() == 15
@@ -299,9 +437,20 @@ async fn a_5xx_storm_then_recovery_loses_nothing() {
     .await;
     assert!(service.terminate().await.success());
     let by_key = terminal_by_key(&db.store).await;
-    assert!(by_key.values().all(|o| o == &[Outcome::Deactivated]), "{by_key:?}");
-    assert_eq!(healthy.stats().count(ResourceKind::User, "PATCH"), 15, "no second deactivation");
-    assert_eq!(aws.depth(&queues.dead_letter).await, 0, "nothing lost to the DLQ");
+    assert!(
+        by_key.values().all(|o| o == &[Outcome::Deactivated]),
+        "{by_key:?}"
+    );
+    assert_eq!(
+        healthy.stats().count(ResourceKind::User, "PATCH"),
+        15,
+        "no second deactivation"
+    );
+    assert_eq!(
+        aws.depth(&queues.dead_letter).await,
+        0,
+        "nothing lost to the DLQ"
+    );
 }
 
 /// `deprovision run --sandbox examples/terminations.json` in an empty directory
@@ -310,7 +459,8 @@ async fn a_5xx_storm_then_recovery_loses_nothing() {
 #[tokio::test]
 async fn run_sandbox_on_the_example_manifest_reconciles() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/terminations.json");
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/terminations.json");
     let out = tokio::process::Command::new(bin())
         .args(["run", "--sandbox", "--format", "json"])
         .arg(&example)
@@ -320,15 +470,26 @@ async fn run_sandbox_on_the_example_manifest_reconciles() {
         .await
         .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_str(&stdout).expect("json summary");
     assert_eq!(summary["reconciled"], true);
     assert_eq!(summary["manifest"]["summary"]["records"], 10);
     assert_eq!(summary["manifest"]["summary"]["rejected"], 1);
     assert_eq!(summary["manifest"]["summary"]["duplicates"], 1);
-    assert_eq!(summary["tally"]["outcomes"], serde_json::json!([["deactivated", 8]]));
+    assert_eq!(
+        summary["tally"]["outcomes"],
+        serde_json::json!([["deactivated", 8]])
+    );
     assert!(dir.path().join("deprovision-sandbox.db").exists());
-    assert!(!dir.path().join("deprovision.db").exists(), "a sandbox never writes the real audit");
+    assert!(
+        !dir.path().join("deprovision.db").exists(),
+        "a sandbox never writes the real audit"
+    );
 
     // A second run finds everything done and acts on nobody.
     let again = tokio::process::Command::new(bin())
