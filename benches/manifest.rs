@@ -83,12 +83,21 @@ fn write_manifest(n: usize, format: Format) -> tempfile::NamedTempFile {
         Format::Ndjson => ".ndjson",
         Format::Csv => ".csv",
     };
-    let mut file = tempfile::Builder::new().suffix(ext).tempfile().expect("temp file");
+    let mut file = tempfile::Builder::new()
+        .suffix(ext)
+        .tempfile()
+        .expect("temp file");
     let mut w = std::io::BufWriter::new(file.as_file_mut());
     let id = |i: usize| {
         if i % 1000 == 999 { i - 1 } else { i }
     };
-    let date = |i: usize| if i % 10_000 == 9_999 { "03/02/2026" } else { "2026-03-02" };
+    let date = |i: usize| {
+        if i % 10_000 == 9_999 {
+            "03/02/2026"
+        } else {
+            "2026-03-02"
+        }
+    };
     match format {
         Format::Csv => {
             writeln!(w, "externalId,userId,terminationDate").expect("write");
@@ -98,14 +107,26 @@ fn write_manifest(n: usize, format: Format) -> tempfile::NamedTempFile {
         }
         Format::Ndjson => {
             for i in 0..n {
-                writeln!(w, "{{\"externalId\":\"EMP{:08}\",\"terminationDate\":\"{}\"}}", id(i), date(i)).expect("write");
+                writeln!(
+                    w,
+                    "{{\"externalId\":\"EMP{:08}\",\"terminationDate\":\"{}\"}}",
+                    id(i),
+                    date(i)
+                )
+                .expect("write");
             }
         }
         Format::JsonArray => {
             writeln!(w, "[").expect("write");
             for i in 0..n {
                 let sep = if i + 1 == n { "" } else { "," };
-                writeln!(w, "  {{\"externalId\":\"EMP{:08}\",\"terminationDate\":\"{}\"}}{sep}", id(i), date(i)).expect("write");
+                writeln!(
+                    w,
+                    "  {{\"externalId\":\"EMP{:08}\",\"terminationDate\":\"{}\"}}{sep}",
+                    id(i),
+                    date(i)
+                )
+                .expect("write");
             }
             writeln!(w, "]").expect("write");
         }
@@ -132,7 +153,12 @@ fn reset_peak_rss() -> bool {
 
 fn dispatch_once(rt: &tokio::runtime::Runtime, path: &std::path::Path) -> u64 {
     let sent = Discard::default();
-    let d = Dispatcher::new(None, sent.clone(), Arc::new(NoAudit), DispatchOptions::default());
+    let d = Dispatcher::new(
+        None,
+        sent.clone(),
+        Arc::new(NoAudit),
+        DispatchOptions::default(),
+    );
     let report = rt
         .block_on(d.dispatch(&ManifestSource::Local(path.to_owned()), 1))
         .expect("dispatch");
@@ -209,7 +235,9 @@ fn bench_dispatch(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch");
     group.throughput(Throughput::Elements(n as u64));
     group.sample_size(10);
-    group.bench_function(BenchmarkId::from_parameter(n), |b| b.iter(|| dispatch_once(&rt, file.path())));
+    group.bench_function(BenchmarkId::from_parameter(n), |b| {
+        b.iter(|| dispatch_once(&rt, file.path()))
+    });
     group.finish();
 }
 

@@ -74,7 +74,12 @@ async fn measure() {
     let audit = Arc::new(audit);
 
     let dead_letter = MemoryQueue::new("dlq", Duration::from_secs(60));
-    let queue = MemoryQueue::with_dead_letter("terminations", Duration::from_secs(60), dead_letter.clone(), 5);
+    let queue = MemoryQueue::with_dead_letter(
+        "terminations",
+        Duration::from_secs(60),
+        dead_letter.clone(),
+        5,
+    );
     let origin = ManifestOrigin {
         bucket: "bench".into(),
         key: "bench.json".into(),
@@ -85,7 +90,13 @@ async fn measure() {
         let batch: Vec<OutgoingMessage> = chunk
             .iter()
             .map(|r| OutgoingMessage {
-                body: TerminationMessage::new(r.clone(), origin.clone(), chrono_tz::UTC, EffectiveAt::StartOfDay).encode(),
+                body: TerminationMessage::new(
+                    r.clone(),
+                    origin.clone(),
+                    chrono_tz::UTC,
+                    EffectiveAt::StartOfDay,
+                )
+                .encode(),
                 ..OutgoingMessage::default()
             })
             .collect();
@@ -118,7 +129,9 @@ async fn measure() {
     let scim_requests = stats.by_client.get("bench").map_or(0, |c| c.requests);
     let minutes = elapsed.as_secs_f64() / 60.0;
     let rate = scim_requests as f64 / minutes;
-    println!("consumer throughput, simulator quota {QUOTA_PER_MINUTE}/min per client, 50 ms mean latency, 8 workers:");
+    println!(
+        "consumer throughput, simulator quota {QUOTA_PER_MINUTE}/min per client, 50 ms mean latency, 8 workers:"
+    );
     println!(
         "  {} terminations ({} deactivated, {} dead-lettered) in {:.1} s",
         TERMINATIONS,
@@ -130,7 +143,10 @@ async fn measure() {
         "  SCIM requests {scim_requests} → {rate:.0}/min = {:.1} % of the quota",
         100.0 * rate / f64::from(QUOTA_PER_MINUTE)
     );
-    println!("  429s received {} (rate limiter), statuses {:?}", stats.rate_limited, stats.by_status);
+    println!(
+        "  429s received {} (rate limiter), statuses {:?}",
+        stats.rate_limited, stats.by_status
+    );
     println!(
         "  SCIM calls per termination {:.2} (requests by method {:?})",
         scim_requests as f64 / TERMINATIONS as f64,

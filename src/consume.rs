@@ -1531,7 +1531,13 @@ mod tests {
 
     #[tokio::test]
     async fn one_shot_runs_defer_future_terminations_as_scheduled() {
-        let f = fixture(5, ConsumerOptions { not_due: NotDuePolicy::Defer, ..quick() });
+        let f = fixture(
+            5,
+            ConsumerOptions {
+                not_due: NotDuePolicy::Defer,
+                ..quick()
+            },
+        );
         send(&f.queue, &[body("E1", "2999-01-01")]).await;
         let step = f.consumer.handle(receive_one(&f.queue).await).await;
         assert!(matches!(step, Step::Deferred { .. }), "{step:?}");

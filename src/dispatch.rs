@@ -432,9 +432,11 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         let (tx, mut rx) = mpsc::channel::<Entry>(1024);
         let expected = usize::try_from(first.valid).unwrap_or(0);
         let parser = tokio::task::spawn_blocking(move || {
-            manifest::read_sized(reader, hint, expected, |entry| match tx.blocking_send(entry) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(_) => ControlFlow::Break(()),
+            manifest::read_sized(reader, hint, expected, |entry| {
+                match tx.blocking_send(entry) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
+                }
             })
         });
 

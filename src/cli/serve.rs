@@ -179,17 +179,17 @@ async fn serve_health(
     let app = deprovision::telemetry::health_router().merge(
         axum::Router::new()
             .route(
-            "/readyz",
-            get(|State(r): State<Arc<Readiness>>| async move {
-                let (ok, body) = r.check().await;
-                let status = if ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                (status, axum::Json(body))
-            }),
-        )
+                "/readyz",
+                get(|State(r): State<Arc<Readiness>>| async move {
+                    let (ok, body) = r.check().await;
+                    let status = if ok {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, axum::Json(body))
+                }),
+            )
             .with_state(readiness),
     );
     let listener = tokio::net::TcpListener::bind(addr)

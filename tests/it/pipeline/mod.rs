@@ -252,9 +252,17 @@ async fn fixed_cause_and_replay_drain_the_dlq_to_success() {
     // While it runs, the service is alive and ready (queues, database, token
     // endpoint all reachable).
     let http = reqwest::Client::new();
-    let alive = http.get(health_url(&env, "/healthz")).send().await.expect("healthz");
+    let alive = http
+        .get(health_url(&env, "/healthz"))
+        .send()
+        .await
+        .expect("healthz");
     assert!(alive.status().is_success());
-    let ready = http.get(health_url(&env, "/readyz")).send().await.expect("readyz");
+    let ready = http
+        .get(health_url(&env, "/readyz"))
+        .send()
+        .await
+        .expect("readyz");
     assert!(ready.status().is_success());
     let ready: serde_json::Value = ready.json().await.expect("readyz json");
     assert_eq!(ready["ready"], true, "{ready}");
