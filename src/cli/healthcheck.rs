@@ -15,8 +15,11 @@ pub struct HealthcheckArgs {
 
 /// Exit 0 when `/healthz` answers 200 within 3 s, 1 otherwise.
 pub async fn run(args: HealthcheckArgs) -> anyhow::Result<ExitCode> {
-    match deprovision::telemetry::probe_health(args.health.health_addr.port(), Duration::from_secs(3))
-        .await
+    match deprovision::telemetry::probe_health(
+        args.health.health_addr.port(),
+        Duration::from_secs(3),
+    )
+    .await
     {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
