@@ -134,3 +134,42 @@ async fn a_manifest_broken_as_a_whole_enqueues_nothing_and_is_audited() {
     let rows = db.store.termination_rows(None, None).await.expect("rows");
     assert!(rows.is_empty(), "no termination rows for a rejected file");
 }
+
+/// `deprovision run --sandbox s3://…`: the embedded path reads the manifest from
+/// S3 (both for seeding the simulator and for dispatch) and reconciles.
+#[tokio::test]
+async fn run_sandbox_reads_an_s3_manifest() {
+    let aws = aws().await;
+    let bucket = bucket(&aws).await;
+    aws.put(
+        &bucket,
+        "hr/today.ndjson",
+        "{\"externalId\":\"S1\",\"terminationDate\":\"2026-01-02\"}\n{\"externalId\":\"S2\",\"terminationDate\":\"2026-01-02\"}\n{\"externalId\":\"S2\",\"terminationDate\":\"2026-01-02\"}\n{\"externalId\":\"S3\",\"terminationDate\":\"2999-01-02\"}\n",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = format!("sqlite://{}", dir.path().join("sandbox.db").display());
+    let (status, out) = run_bin(
+        &[
+            "run",
+            "--sandbox",
+            "--sandbox-database-url",
+            &db,
+            "--format",
+            "json",
+            &format!("s3://{bucket}/hr/today.ndjson"),
+        ],
+        &[],
+    )
+    .await;
+    assert!(status.success(), "{status:?}\n{out}");
+    let summary: serde_json::Value = serde_json::from_str(&out).expect("json summary");
+    assert_eq!(summary["reconciled"], true, "{summary}");
+    assert_eq!(summary["manifest"]["summary"]["duplicates"], 1);
+    assert_eq!(
+        summary["tally"]["outcomes"],
+        serde_json::json!([["deactivated", 2]])
+    );
+    // The future-dated one is explained as scheduled, not attempted.
+    assert_eq!(summary["tally"]["not_due"], 1);
+}
