@@ -127,6 +127,14 @@ pub enum RecordError {
     /// A field failed domain validation (the reason names the field and value).
     #[error(transparent)]
     Field(#[from] DomainError),
+    /// A field appears twice in one record (e.g. two `terminationDate` keys, or
+    /// `externalId` and `ExternalID`): which one HR meant cannot be known, and
+    /// JSON parsers disagree on which wins, so the record is not acted on.
+    #[error("{field} appears more than once in the record")]
+    DuplicateField {
+        /// The field name.
+        field: &'static str,
+    },
     /// The same externalId and terminationDate appeared earlier with a different
     /// userId: one of the two is wrong, so the later one is not acted on.
     #[error(
@@ -216,6 +224,16 @@ pub enum ManifestError {
         /// The header line.
         line: u64,
         /// The required column.
+        column: &'static str,
+        /// The columns present.
+        found: Vec<String>,
+    },
+    /// The CSV header row names a required column twice.
+    #[error("CSV header (line {line}) has the {column:?} column more than once; found {found:?}")]
+    DuplicateColumn {
+        /// The header line.
+        line: u64,
+        /// The repeated column.
         column: &'static str,
         /// The columns present.
         found: Vec<String>,
@@ -573,11 +591,63 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-fn fields_from_json(value: Value) -> Result<RawFields, RecordError> {
-    let Value::Object(map) = value else {
-        return Err(RecordError::NotAnObject {
-            found: json_type(&value),
-        });
+/// One JSON record as written: its members in order, duplicates kept (a
+/// `serde_json::Map` would silently keep only the last of two equal keys), or the
+/// JSON type of a record that is not an object.
+enum RawRecord {
+    Object(Vec<(String, Value)>),
+    Other(&'static str),
+}
+
+impl<'de> serde::Deserialize<'de> for RawRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct RawVisitor;
+        impl<'de> Visitor<'de> for RawVisitor {
+            type Value = RawRecord;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a termination record")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawRecord, A::Error> {
+                let mut members = Vec::with_capacity(3);
+                while let Some(member) = map.next_entry::<String, Value>()? {
+                    members.push(member);
+                }
+                Ok(RawRecord::Object(members))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawRecord, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(RawRecord::Other("an array"))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<RawRecord, E> {
+                Ok(RawRecord::Other("a boolean"))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<RawRecord, E> {
+                Ok(RawRecord::Other("a number"))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<RawRecord, E> {
+                Ok(RawRecord::Other("a number"))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<RawRecord, E> {
+                Ok(RawRecord::Other("a number"))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<RawRecord, E> {
+                Ok(RawRecord::Other("a string"))
+            }
+            fn visit_unit<E>(self) -> Result<RawRecord, E> {
+                Ok(RawRecord::Other("null"))
+            }
+        }
+        de.deserialize_any(RawVisitor)
+    }
+}
+
+fn fields_from_json(record: RawRecord) -> Result<RawFields, RecordError> {
+    let map = match record {
+        RawRecord::Object(members) => members,
+        RawRecord::Other(found) => return Err(RecordError::NotAnObject { found }),
     };
     let mut fields = RawFields::default();
     for (name, v) in map {
@@ -589,6 +659,14 @@ fn fields_from_json(value: Value) -> Result<RawFields, RecordError> {
             Field::UserId => "userId",
             Field::TerminationDate => "terminationDate",
         };
+        let slot = match field {
+            Field::ExternalId => &fields.external_id,
+            Field::UserId => &fields.user_id,
+            Field::TerminationDate => &fields.termination_date,
+        };
+        if slot.is_some() {
+            return Err(RecordError::DuplicateField { field: label });
+        }
         let parsed = match v {
             Value::Null => continue,
             Value::String(s) => Ok(s),
@@ -739,13 +817,13 @@ struct ElementSeed<'s> {
 }
 
 impl<'de> DeserializeSeed<'de> for ElementSeed<'_> {
-    type Value = (u64, Value);
+    type Value = (u64, RawRecord);
 
     fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
         let line = 1 + self.state.newlines.load(Ordering::Relaxed);
         let start = self.state.bytes.load(Ordering::Relaxed).saturating_sub(1);
         self.state.record_start.store(start, Ordering::Relaxed);
-        let value = Value::deserialize(de)?;
+        let value = RawRecord::deserialize(de)?;
         Ok((line, value))
     }
 }
@@ -777,7 +855,7 @@ fn read_ndjson<R: BufRead, F: FnMut(Entry) -> ControlFlow<()>>(
         if text.is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_slice(text).map_err(|e| {
+        let value: RawRecord = serde_json::from_slice(text).map_err(|e| {
             let leading = buf.len() - buf.trim_ascii_start().len();
             ManifestError::Syntax {
                 format: Format::Ndjson,
@@ -825,15 +903,24 @@ fn read_csv<R: Read, F: FnMut(Entry) -> ControlFlow<()>>(
     let headers = reader.headers().map_err(csv_error)?.clone();
     let header_line = headers.position().map_or(1, csv::Position::line);
     let mut columns: [Option<usize>; 3] = [None; 3];
-    for (i, name) in headers.iter().enumerate() {
-        match field_for(name) {
-            Some(Field::ExternalId) => columns[0] = columns[0].or(Some(i)),
-            Some(Field::UserId) => columns[1] = columns[1].or(Some(i)),
-            Some(Field::TerminationDate) => columns[2] = columns[2].or(Some(i)),
-            None => {}
-        }
-    }
     let found = || headers.iter().map(str::to_owned).collect::<Vec<_>>();
+    for (i, name) in headers.iter().enumerate() {
+        let (slot, column) = match field_for(name) {
+            Some(Field::ExternalId) => (0, "externalId"),
+            Some(Field::UserId) => (1, "userId"),
+            Some(Field::TerminationDate) => (2, "terminationDate"),
+            None => continue,
+        };
+        // Two date (or id) columns: which one HR meant cannot be known.
+        if columns[slot].is_some() {
+            return Err(ManifestError::DuplicateColumn {
+                line: header_line,
+                column,
+                found: found(),
+            });
+        }
+        columns[slot] = Some(i);
+    }
     let [Some(ext_col), user_col, Some(date_col)] = columns else {
         let column = if columns[0].is_none() {
             "externalId"
@@ -1119,5 +1206,54 @@ mod tests {
         assert_eq!(Format::from_extension("a/b.CSV"), Some(Format::Csv));
         assert_eq!(Format::from_extension("x.jsonl"), Some(Format::Ndjson));
         assert_eq!(Format::from_extension("x"), None);
+    }
+
+    #[test]
+    fn a_field_given_twice_rejects_the_record_not_the_file() {
+        let input = concat!(
+            r#"[{"externalId":"C20","terminationDate":"2027-06-01","terminationDate":"2026-01-15"},"#,
+            r#"{"externalId":"C10","ExternalID":"C11","terminationDate":"2026-01-15"},"#,
+            r#"{"externalId":"OK1","terminationDate":"2026-01-15"}]"#
+        );
+        let mut reasons = Vec::new();
+        let mut valid = Vec::new();
+        let summary = read(input.as_bytes(), None, |e| {
+            match e {
+                Entry::Rejected { reason, .. } => reasons.push(reason.to_string()),
+                Entry::Valid { record, .. } => valid.push(record.external_id.to_string()),
+                Entry::Duplicate { .. } => {}
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(summary.rejected, 2, "{reasons:?}");
+        assert_eq!(valid, vec!["OK1".to_owned()]);
+        assert!(
+            reasons[0].contains("terminationDate appears more than once"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].contains("externalId appears more than once"),
+            "{reasons:?}"
+        );
+        let ndjson = "{\"externalId\":\"C20\",\"terminationDate\":\"2027-06-01\",\"terminationDate\":\"2026-01-15\"}\n";
+        let summary = read(ndjson.as_bytes(), None, |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!((summary.rejected, summary.valid), (1, 0));
+    }
+
+    #[test]
+    fn a_csv_header_with_two_date_columns_is_refused_whole() {
+        let csv = "externalId,terminationDate,terminationDate\nC20,2027-06-01,2026-01-15\n";
+        let err = read(csv.as_bytes(), None, |_| ControlFlow::Continue(())).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ManifestError::DuplicateColumn {
+                    column: "terminationDate",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -115,7 +115,13 @@ impl Store {
                         })
                     }
                 };
-                if !store.groups[gi].members.contains(&u.id) {
+                // member_of answers in O(1); scanning `members` made seeding
+                // quadratic in the number of users (a 200,000-record sandbox run).
+                if !store
+                    .member_of
+                    .get(&u.id)
+                    .is_some_and(|gs| gs.contains(&gi))
+                {
                     store.groups[gi].members.push(u.id.clone());
                     store.member_of.entry(u.id.clone()).or_default().insert(gi);
                 }
