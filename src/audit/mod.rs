@@ -89,7 +89,7 @@ pub const NON_TERMINATION_ACTIONS: [&str; 4] = ["manifest", "replay", "approve",
 pub enum AuditError {
     /// `DATABASE_URL` is neither `postgres://`/`postgresql://` nor `sqlite:`.
     #[error(
-        "DATABASE_URL {url} has an unsupported scheme: use postgres://… or sqlite://path (or sqlite::memory:)"
+        "DATABASE_URL {url} is not usable: use postgres://… or sqlite://path (a file; sqlite:// with no path is refused)"
     )]
     UnsupportedScheme {
         /// The URL without its password.
@@ -405,6 +405,13 @@ impl AuditStore {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres(postgres::PgStore::connect(url).await?)
         } else if url.starts_with("sqlite:") {
+            // `sqlite://` with no path (an unset variable in `sqlite://$DBPATH`)
+            // would silently be an in-memory database: evidence lost at exit.
+            let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                return Err(AuditError::UnsupportedScheme { url: redact(url) });
+            }
             Backend::Sqlite(sqlite::SqliteStore::connect(url).await?)
         } else {
             return Err(AuditError::UnsupportedScheme { url: redact(url) });

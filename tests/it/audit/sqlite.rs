@@ -82,6 +82,20 @@ async fn unsupported_scheme_is_refused_without_showing_the_password() {
         .await
         .expect_err("mysql is not a backend");
     let msg = err.to_string();
-    assert!(msg.contains("unsupported scheme"), "{msg}");
+    assert!(msg.contains("not usable"), "{msg}");
     assert!(!msg.contains("hunter2"), "{msg}");
+}
+
+#[tokio::test]
+async fn sqlite_url_without_a_path_is_refused_not_kept_in_memory() {
+    for url in ["sqlite://", "sqlite:", "sqlite://?mode=rwc"] {
+        let err = AuditStore::connect(url)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{url} was accepted: its evidence would vanish at exit"));
+        assert!(
+            err.to_string().contains("no path is refused"),
+            "{url}: {err}"
+        );
+    }
 }
