@@ -222,7 +222,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let tally = pool_report.tally;
     let accounted = tally.finished() + tally.already_done + tally.not_due;
-    let failed = tally.count(Outcome::Failed) + tally.count(Outcome::Forbidden);
+    // Everyone matched but not safely deprovisioned (ambiguous, identity mismatch,
+    // invalid message, forbidden, failed) makes the run fail: a scheduler must not
+    // read it as done. Rejected records are listed in the summary.
+    let failed: u64 = Outcome::ALL
+        .into_iter()
+        .filter(|o| o.is_dead_lettered())
+        .map(|o| tally.count(o))
+        .sum();
     let reconciled =
         !interrupted && report.summary.reconciles() && accounted == report.summary.valid;
     let dead_lettered = dead_letter
