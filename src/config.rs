@@ -143,6 +143,62 @@ pub struct HealthArgs {
     pub health_addr: std::net::SocketAddr,
 }
 
+/// How the consumer pool of `deprovision serve` paces and bounds its work.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsumerArgs {
+    /// Seconds started terminations may take to finish after SIGTERM; keep it
+    /// below the ECS task's stopTimeout (30 s by default).
+    #[arg(long, env = "DRAIN_DEADLINE_SECS", default_value_t = 25)]
+    pub drain_deadline_secs: u64,
+    /// Seconds one termination attempt may take (retries of 429/5xx included)
+    /// before it is returned to the queue as `retrying`.
+    #[arg(long, env = "ATTEMPT_TIMEOUT_SECS", default_value_t = 60)]
+    pub attempt_timeout_secs: u64,
+    /// First redelivery delay after a transient failure, seconds; doubles per
+    /// receive, jittered, at most 15 minutes.
+    #[arg(long, env = "RETRY_BASE_SECS", default_value_t = 5)]
+    pub retry_base_secs: u64,
+}
+
+impl ConsumerArgs {
+    /// The drain deadline.
+    pub fn drain_deadline(&self) -> Duration {
+        Duration::from_secs(self.drain_deadline_secs)
+    }
+
+    /// The per-attempt timeout, at least one second.
+    pub fn attempt_timeout(&self) -> Duration {
+        Duration::from_secs(self.attempt_timeout_secs.max(1))
+    }
+
+    /// The first retry delay.
+    pub fn retry_base(&self) -> Duration {
+        Duration::from_secs(self.retry_base_secs)
+    }
+}
+
+/// Who runs an operator command (`user`, `replay-dlq`), recorded as the actor of
+/// its audit rows.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ActorArgs {
+    /// Who ran this, recorded in the audit (default: the OS user, `USER`).
+    #[arg(long = "by", visible_alias = "actor", env = "USER")]
+    pub by: Option<String>,
+}
+
+impl ActorArgs {
+    /// The actor, or `fallback` when neither `--by` nor `USER` names one (e.g.
+    /// in a container).
+    pub fn or(&self, fallback: &str) -> String {
+        self.by
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .unwrap_or(fallback)
+            .to_owned()
+    }
+}
+
 /// The resolved SCIM target: how to reach it and which credentials to use.
 #[derive(Debug, Clone)]
 pub enum ScimTarget {

@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -27,8 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::audit::AuditEntry;
+use crate::audit::{AuditEntry, ClaimState};
 use crate::domain::{IdempotencyKey, Outcome};
+use crate::plan::Decision;
 use crate::engine::{Deprovision, Report, Request};
 use crate::queue::{
     MAX_BATCH, MAX_DELAY, MAX_VISIBILITY, OutgoingMessage, Queue, QueueError, ReceivedMessage,
@@ -49,6 +50,29 @@ pub trait AuditSink: Send + Sync + 'static {
         &self,
         key: &IdempotencyKey,
     ) -> impl Future<Output = Result<Option<Outcome>, Self::Error>> + Send;
+
+    /// Claims `person` (an externalId) for `owner` for `lease`, across processes
+    /// (see [`crate::audit::AuditStore::claim`]). The default grants every claim:
+    /// for sinks that are never shared between processes (test fakes).
+    fn claim(
+        &self,
+        person: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<ClaimState, Self::Error>> + Send {
+        let _ = (person, owner, lease);
+        async { Ok(ClaimState::Taken) }
+    }
+
+    /// Releases `owner`'s claim on `person`. The default does nothing.
+    fn release_claim(
+        &self,
+        person: &str,
+        owner: &str,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = (person, owner);
+        async { Ok(()) }
+    }
 }
 
 impl AuditSink for crate::audit::AuditStore {
@@ -64,7 +88,32 @@ impl AuditSink for crate::audit::AuditStore {
     ) -> Result<Option<Outcome>, Self::Error> {
         crate::audit::AuditStore::latest_terminal_outcome(self, key).await
     }
+
+    async fn claim(
+        &self,
+        person: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<ClaimState, Self::Error> {
+        crate::audit::AuditStore::claim(self, person, owner, lease).await
+    }
+
+    async fn release_claim(&self, person: &str, owner: &str) -> Result<(), Self::Error> {
+        crate::audit::AuditStore::release_claim(self, person, owner).await
+    }
 }
+
+/// How much longer than one attempt a claim on a person lasts: room for the
+/// audit write and the delete after the engine's deadline. A holder that dies
+/// frees the person after `attempt_timeout` + this.
+const CLAIM_MARGIN: Duration = Duration::from_secs(60);
+
+/// Shortest and longest wait before a message whose person is busy elsewhere
+/// comes back (jittered, so two waiting workers do not collide again).
+const BUSY_WAIT_MS: (u64, u64) = (1_000, 3_000);
+
+/// Receives each [`Decision`] (see [`Consumer::observe`]).
+pub type Observer = Arc<dyn Fn(&Decision) + Send + Sync>;
 
 /// How the pool behaves. [`Default`] gives the production values.
 #[derive(Debug, Clone)]
@@ -149,6 +198,9 @@ pub enum Step {
         effective_at: chrono::DateTime<Utc>,
     },
     /// A dry run: what would happen was recorded as `dry_run`; message deleted.
+    /// Carries the planned outcome: `deactivated` (would deactivate),
+    /// `already_inactive`, `not_found`, `ambiguous`, `protected`, …, or
+    /// `scheduled` when not yet due.
     DryRun(Outcome),
     /// The step could not finish talking to the queue (e.g. the delete failed);
     /// the message will be received again and the audit check makes that
@@ -173,7 +225,8 @@ pub struct TallySnapshot {
     /// Terminations finished, by terminal outcome (and `dry_run`), counted once
     /// each.
     pub outcomes: Vec<(Outcome, u64)>,
-    /// In a dry run: what each termination would have come to.
+    /// In a dry run: what each termination would come to (`deactivated` for
+    /// "would deactivate", `scheduled` for not yet due, …).
     pub would: Vec<(Outcome, u64)>,
     /// Redeliveries of already-finished terminations, deleted without acting.
     pub already_done: u64,
@@ -286,6 +339,10 @@ struct Shared<Q, E, A> {
     /// Idempotency keys being worked on in this process: the same termination
     /// from two manifests is never run twice at once.
     busy: Mutex<HashSet<IdempotencyKey>>,
+    /// Names this pool in the owner of its claims (with the process id and the
+    /// message id), so a claim row says who holds it.
+    pool_id: String,
+    observer: OnceLock<Observer>,
     deletes: mpsc::Sender<DeleteRequest>,
     deletes_rx: Mutex<Option<mpsc::Receiver<DeleteRequest>>>,
 }
@@ -319,6 +376,8 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Consumer<Q, E, A> {
                 tally: Arc::new(Tally::default()),
                 inflight: Mutex::new(HashMap::new()),
                 busy: Mutex::new(HashSet::new()),
+                pool_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+                observer: OnceLock::new(),
                 deletes: tx,
                 deletes_rx: Mutex::new(Some(rx)),
             }),
@@ -329,6 +388,13 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Consumer<Q, E, A> {
     /// The live counts (shared; cheap to clone).
     pub fn tally(&self) -> Arc<Tally> {
         self.shared.tally.clone()
+    }
+
+    /// Calls `observer` with each person's [`Decision`] once it is audited (the
+    /// run summary's list of people to review, a dry run's plan). Set once,
+    /// before [`Consumer::run`]; a second call is ignored.
+    pub fn observe(&self, observer: impl Fn(&Decision) + Send + Sync + 'static) {
+        let _ = self.shared.observer.set(Arc::new(observer));
     }
 
     /// Runs until `shutdown` is cancelled, then drains: started terminations
@@ -475,6 +541,17 @@ fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     low + Duration::from_millis(jitter_ms)
 }
 
+/// What a real run would come to now, from a dry run's report: the engine's
+/// plan for a user it found (`deactivated`, `already_inactive`), else its
+/// outcome; a transient failure on the last receive counts as `failed`.
+fn planned_now(report: &Report) -> Outcome {
+    match report.outcome {
+        Outcome::DryRun => report.planned.unwrap_or(Outcome::Deactivated),
+        Outcome::Retrying => Outcome::Failed,
+        other => other,
+    }
+}
+
 /// Best effort: the externalId of a body that did not decode, for the audit row.
 fn raw_external_id(body: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
@@ -553,33 +630,25 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                 let mut entry = self.entry(message, None, Outcome::Invalid, started);
                 entry.external_id = raw_external_id(&message.body);
                 entry.error_message = Some(e.to_string());
-                return self.dead_letter(message, entry, &e.to_string()).await;
+                let external_id = entry.external_id.clone();
+                let step = self.dead_letter(message, entry, &e.to_string()).await;
+                self.notify(&step, None, None, |d| {
+                    d.external_id = external_id;
+                    d.reason = Some(e.to_string());
+                });
+                return step;
             }
         };
         tracing::Span::current().record("external_id", termination.record.external_id.as_str());
         let key = termination.idempotency_key.clone();
 
-        match self.audit.latest_terminal_outcome(&key).await {
-            Ok(Some(previous)) => {
-                let replayed = message.attributes.contains_key(attr::REPLAYED);
-                if !(previous.is_dead_lettered() && replayed) {
-                    info!(%previous, "termination already finished; deleting the redelivery");
-                    return match self.delete(message).await {
-                        Ok(()) => Step::AlreadyDone(previous),
-                        Err(e) => Step::QueueFailed(e),
-                    };
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return self
-                    .retry(message, format!("audit store unreadable: {e}"), None)
-                    .await;
-            }
+        if let Some(step) = self.finished_before(message, &termination).await {
+            return step;
         }
 
         let now = Utc::now();
-        if termination.effective_at > now && !self.options.dry_run {
+        let not_due = termination.effective_at > now;
+        if not_due && !self.options.dry_run {
             let wait = (termination.effective_at - now)
                 .to_std()
                 .unwrap_or_default();
@@ -588,11 +657,12 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                 info!(effective_at = %termination.effective_at, "not yet due; recorded as scheduled");
                 let mut entry =
                     self.entry(message, Some(&termination), Outcome::Scheduled, started);
-                entry.error_message = Some(format!(
+                let reason = format!(
                     "not due until {}; nothing was changed",
                     termination.effective_at.to_rfc3339()
-                ));
-                return match self.audit.append(&entry).await {
+                );
+                entry.error_message = Some(reason.clone());
+                let step = match self.audit.append(&entry).await {
                     Ok(_) => match self.delete(message).await {
                         Ok(()) => Step::Deferred {
                             effective_at: termination.effective_at,
@@ -604,6 +674,10 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                             .await
                     }
                 };
+                self.notify(&step, Some(&termination), None, |d| {
+                    d.reason = Some(reason);
+                });
+                return step;
             }
             info!(effective_at = %termination.effective_at, "not yet due; holding");
             return match self.hold(message, delay).await {
@@ -614,13 +688,123 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
 
         if !lock(&self.busy).insert(key.clone()) {
             return self
-                .retry(
+                .person_busy(
                     message,
-                    "the same termination is in progress in another worker".into(),
-                    None,
+                    "the same termination is in progress in another worker of this process"
+                        .into(),
                 )
                 .await;
         }
+        let step = self.claimed(message, &termination, started, not_due).await;
+        lock(&self.busy).remove(&key);
+        step
+    }
+
+    /// `Some(step)` when the audit already holds a terminal outcome for this
+    /// termination (the redelivery is deleted without acting or counting again;
+    /// a replayed dead-lettered one is attempted again), or the audit cannot be
+    /// read (the message comes back later).
+    async fn finished_before(
+        &self,
+        message: &ReceivedMessage,
+        termination: &TerminationMessage,
+    ) -> Option<Step> {
+        match self
+            .audit
+            .latest_terminal_outcome(&termination.idempotency_key)
+            .await
+        {
+            Ok(Some(previous)) => {
+                let replayed = message.attributes.contains_key(attr::REPLAYED);
+                if previous.is_dead_lettered() && replayed {
+                    return None;
+                }
+                info!(%previous, "termination already finished; deleting the redelivery");
+                let step = match self.delete(message).await {
+                    Ok(()) => Step::AlreadyDone(previous),
+                    Err(e) => Step::QueueFailed(e),
+                };
+                self.notify(&step, Some(termination), None, |_| {});
+                Some(step)
+            }
+            Ok(None) => None,
+            Err(e) => Some(
+                self.retry(message, format!("audit store unreadable: {e}"), None)
+                    .await,
+            ),
+        }
+    }
+
+    /// Someone else is working on this person: the message comes back after a
+    /// short, jittered wait. Not an attempt: nothing is audited and the wait
+    /// does not grow with the receive count.
+    async fn person_busy(&self, message: &ReceivedMessage, reason: String) -> Step {
+        let delay = Duration::from_millis(rand::random_range(BUSY_WAIT_MS.0..=BUSY_WAIT_MS.1));
+        info!(
+            reason,
+            delay_ms = delay.as_millis() as u64,
+            "person busy elsewhere; returning message to the queue"
+        );
+        match self.hold(message, delay).await {
+            Ok(()) => Step::Retry { reason, delay },
+            Err(e) => Step::QueueFailed(e),
+        }
+    }
+
+    /// Takes the cross-process claim on the person (not in a dry run, which
+    /// changes nothing), runs the termination, and releases the claim once its
+    /// audit row is written.
+    async fn claimed(
+        &self,
+        message: &ReceivedMessage,
+        termination: &TerminationMessage,
+        started: Instant,
+        not_due: bool,
+    ) -> Step {
+        if self.options.dry_run {
+            return self.attempt(message, termination, started, not_due).await;
+        }
+        let person = termination.record.external_id.as_str();
+        let owner = format!(
+            "pid {} pool {} message {}",
+            std::process::id(),
+            self.pool_id,
+            message.message_id
+        );
+        let lease = self.options.attempt_timeout.saturating_add(CLAIM_MARGIN);
+        match self.audit.claim(person, &owner, lease).await {
+            Ok(ClaimState::Taken) => {}
+            Ok(held) => {
+                return self
+                    .person_busy(message, format!("externalId {person} is {held}"))
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .retry(message, format!("cannot claim the person: {e}"), None)
+                    .await;
+            }
+        }
+        // Another worker may have finished this termination between the first
+        // audit check and the claim.
+        let step = match self.finished_before(message, termination).await {
+            Some(step) => step,
+            None => self.attempt(message, termination, started, not_due).await,
+        };
+        if let Err(e) = self.audit.release_claim(person, &owner).await {
+            warn!(error = %e, "could not release the claim; it lapses with its lease");
+        }
+        step
+    }
+
+    /// Runs the engine and acts on its report.
+    async fn attempt(
+        &self,
+        message: &ReceivedMessage,
+        termination: &TerminationMessage,
+        started: Instant,
+        not_due: bool,
+    ) -> Step {
         let report = self
             .engine
             .deprovision(&Request {
@@ -630,9 +814,61 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                 deadline: Instant::now() + self.options.attempt_timeout,
             })
             .await;
-        let step = self.conclude(message, &termination, &report, started).await;
-        lock(&self.busy).remove(&key);
+        let step = self
+            .conclude(message, termination, &report, started, not_due)
+            .await;
+        self.notify(&step, Some(termination), Some(&report), |_| {});
         step
+    }
+
+    /// Tells the observer, if any, how a person ended: only for steps that end
+    /// the termination (audited and deleted), never for one that comes back.
+    fn notify(
+        &self,
+        step: &Step,
+        termination: Option<&TerminationMessage>,
+        report: Option<&Report>,
+        adjust: impl FnOnce(&mut Decision),
+    ) {
+        let Some(observer) = self.observer.get() else {
+            return;
+        };
+        let (outcome, planned, earlier) = match step {
+            Step::Done(o) | Step::DeadLettered(o) => (*o, None, false),
+            Step::DryRun(planned) => (Outcome::DryRun, Some(*planned), false),
+            Step::Deferred { .. } => (Outcome::Scheduled, None, false),
+            Step::AlreadyDone(o) => (*o, None, true),
+            Step::Retry { .. } | Step::NotDue { .. } | Step::QueueFailed(_) => return,
+        };
+        let when_due = (planned == Some(Outcome::Scheduled))
+            .then(|| report.map(planned_now))
+            .flatten();
+        let mut decision = Decision {
+            external_id: termination.map(|t| t.record.external_id.as_str().to_owned()),
+            index: termination.and_then(|t| t.origin.index),
+            user_id: report
+                .and_then(|r| r.user_id.as_ref())
+                .or_else(|| termination.and_then(|t| t.record.user_id.as_ref()))
+                .map(|u| u.as_str().to_owned()),
+            outcome,
+            planned,
+            when_due,
+            groups: report.map(|r| r.groups_removed.clone()).unwrap_or_default(),
+            roles: report.map(|r| r.roles_removed.clone()).unwrap_or_default(),
+            effective_at: termination.map(|t| t.effective_at),
+            reason: report.and_then(|r| r.detail.clone()),
+            earlier,
+        };
+        if outcome == Outcome::Scheduled
+            && let Some(t) = termination
+        {
+            decision.reason = Some(format!(
+                "not due until {}",
+                t.effective_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
+        adjust(&mut decision);
+        observer(&decision);
     }
 
     /// Acts on the engine's report.
@@ -642,6 +878,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
         termination: &TerminationMessage,
         report: &Report,
         started: Instant,
+        not_due: bool,
     ) -> Step {
         tracing::Span::current().record("outcome", report.outcome.as_str());
         let mut entry = self.entry(message, Some(termination), report.outcome, started);
@@ -654,17 +891,29 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
         entry.success = report.outcome.is_success();
 
         if self.options.dry_run {
+            if report.outcome == Outcome::Retrying && !self.is_last_receive(message) {
+                // The plan for this person is not known yet: try again later, as
+                // a real run would; an attempt that planned nothing is not audited.
+                let reason = report.detail.clone().unwrap_or_else(|| "retrying".into());
+                return self.retry(message, reason, report.retry_after).await;
+            }
             // A dry run must not look terminal to a later real run.
-            let would = report.outcome;
+            let now = planned_now(report);
+            let planned = if not_due { Outcome::Scheduled } else { now };
             entry.outcome = Outcome::DryRun;
             entry.success = false;
-            entry.error_message = Some(match &report.detail {
-                Some(d) => format!("dry run: would be {would}: {d}"),
-                None => format!("dry run: would be {would}"),
-            });
+            entry.error_message = Some(crate::plan::describe(
+                planned,
+                not_due.then_some(now),
+                entry.user_id.as_deref(),
+                &report.groups_removed,
+                &report.roles_removed,
+                Some(termination.effective_at),
+                report.detail.as_deref(),
+            ));
             return match self.audit.append(&entry).await {
                 Ok(_) => match self.delete(message).await {
-                    Ok(()) => Step::DryRun(would),
+                    Ok(()) => Step::DryRun(planned),
                     Err(e) => Step::QueueFailed(e),
                 },
                 Err(e) => {
@@ -673,7 +922,6 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                 }
             };
         }
-
         match report.outcome {
             o if o.is_terminal() && !o.is_dead_lettered() => {
                 match self.audit.append(&entry).await {
@@ -893,7 +1141,13 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
             };
             match self.queue.send_batch(std::slice::from_ref(&copy)).await {
                 Ok(f) if f.is_empty() => {}
-                Ok(f) => return Err(format!("re-send failed: {f:?}")),
+                Ok(f) => {
+                    let why = f
+                        .first()
+                        .map(|f| format!("{}: {}", f.code, f.message))
+                        .unwrap_or_default();
+                    return Err(format!("re-send failed: {why}"));
+                }
                 Err(e) => return Err(e.to_string()),
             }
             return self.delete(message).await;
@@ -1220,6 +1474,10 @@ mod tests {
     struct FakeAudit {
         rows: Mutex<Vec<AuditEntry>>,
         fail_writes: AtomicBool,
+        /// Live claims: person → owner. Persons in `elsewhere` are held by
+        /// another process.
+        claims: Mutex<HashMap<String, String>>,
+        elsewhere: Mutex<HashSet<String>>,
     }
 
     #[derive(Debug, thiserror::Error)]
@@ -1246,6 +1504,37 @@ mod tests {
                 .filter(|r| r.idempotency_key.as_ref() == Some(key) && r.outcome.is_terminal())
                 .map(|r| r.outcome)
                 .next())
+        }
+        async fn claim(
+            &self,
+            person: &str,
+            owner: &str,
+            _lease: Duration,
+        ) -> Result<ClaimState, Down> {
+            if lock(&self.elsewhere).contains(person) {
+                return Ok(ClaimState::HeldElsewhere {
+                    owner: Some("other".into()),
+                    expires_at: None,
+                });
+            }
+            let mut claims = lock(&self.claims);
+            match claims.get(person) {
+                Some(holder) if holder != owner => Ok(ClaimState::HeldElsewhere {
+                    owner: Some(holder.clone()),
+                    expires_at: None,
+                }),
+                _ => {
+                    claims.insert(person.to_owned(), owner.to_owned());
+                    Ok(ClaimState::Taken)
+                }
+            }
+        }
+        async fn release_claim(&self, person: &str, owner: &str) -> Result<(), Down> {
+            let mut claims = lock(&self.claims);
+            if claims.get(person).map(String::as_str) == Some(owner) {
+                claims.remove(person);
+            }
+            Ok(())
         }
     }
 
@@ -1295,11 +1584,12 @@ mod tests {
                 }
             };
             Report {
-                outcome: if request.dry_run && outcome == Outcome::Deactivated {
+                outcome: if request.dry_run && outcome.is_success() {
                     Outcome::DryRun
                 } else {
                     outcome
                 },
+                planned: (request.dry_run && outcome.is_success()).then_some(outcome),
                 user_id: ScimUserId::parse("u-1").ok(),
                 credential: None,
                 groups_removed: Vec::new(),
@@ -1571,16 +1861,121 @@ mod tests {
             &[body("E1", "2020-01-01"), body("E2", "2020-01-01")],
         )
         .await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        {
+            let seen = seen.clone();
+            f.consumer.observe(move |d| lock(&seen).push(d.clone()));
+        }
         assert_eq!(
             f.consumer.handle(receive_one(&f.queue).await).await,
-            Step::DryRun(Outcome::DryRun)
+            Step::DryRun(Outcome::Deactivated),
+            "the planned action, not `dry_run`"
         );
         assert_eq!(
             f.consumer.handle(receive_one(&f.queue).await).await,
             Step::DryRun(Outcome::NotFound)
         );
         assert_eq!(f.audit.outcomes(), [Outcome::DryRun, Outcome::DryRun]);
+        let texts: Vec<String> = lock(&f.audit.rows)
+            .iter()
+            .map(|r| r.error_message.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            texts[0],
+            "dry run: would deactivate user u-1; no group to remove"
+        );
+        assert_eq!(texts[1], "dry run: would be not_found: scripted not_found");
         assert!(f.queue.is_empty());
+        assert!(lock(&f.audit.claims).is_empty(), "a dry run claims nobody");
+        let seen = lock(&seen).clone();
+        let planned: Vec<_> = seen.iter().map(|d| (d.outcome, d.planned)).collect();
+        assert_eq!(
+            planned,
+            [
+                (Outcome::DryRun, Some(Outcome::Deactivated)),
+                (Outcome::DryRun, Some(Outcome::NotFound))
+            ]
+        );
+        assert_eq!(seen[0].user_id.as_deref(), Some("u-1"));
+        let t = f.consumer.tally().snapshot();
+        assert_eq!(
+            t.would,
+            [(Outcome::Deactivated, 1), (Outcome::NotFound, 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_plans_a_future_termination_as_scheduled() {
+        let f = fixture(
+            5,
+            ConsumerOptions {
+                dry_run: true,
+                ..quick()
+            },
+        );
+        send(&f.queue, &[body("E1", "2999-01-01")]).await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::DryRun(Outcome::Scheduled)
+        );
+        assert_eq!(f.engine.calls("E1"), 1, "the person is still resolved");
+        let row = lock(&f.audit.rows)[0].clone();
+        assert_eq!(row.outcome, Outcome::DryRun);
+        assert_eq!(
+            row.error_message.as_deref(),
+            Some(
+                "dry run: scheduled for 2999-01-01T00:00:00Z (not due); when due, would deactivate user u-1; no group to remove"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_person_claimed_elsewhere_comes_back_soon_without_an_attempt() {
+        let f = fixture(5, quick());
+        lock(&f.audit.elsewhere).insert("E1".into());
+        send(&f.queue, &[body("E1", "2020-01-01")]).await;
+        let step = f.consumer.handle(receive_one(&f.queue).await).await;
+        match &step {
+            Step::Retry { reason, delay } => {
+                assert!(reason.contains("externalId E1 is being worked on elsewhere by other"), "{reason}");
+                assert!(*delay <= Duration::from_millis(BUSY_WAIT_MS.1), "{delay:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.engine.calls("E1"), 0, "no attempt while claimed elsewhere");
+        assert!(lock(&f.audit.rows).is_empty(), "a busy person is not an attempt");
+
+        lock(&f.audit.elsewhere).clear();
+        let again = f.queue.receive(1, Duration::from_secs(10)).await.unwrap().remove(0);
+        assert_eq!(f.consumer.handle(again).await, Step::Done(Outcome::Deactivated));
+        assert!(lock(&f.audit.claims).is_empty(), "the claim is released after the audit row");
+    }
+
+    #[tokio::test]
+    async fn a_termination_finished_while_waiting_for_the_claim_is_not_repeated() {
+        let f = fixture(5, quick());
+        send(&f.queue, &[body("E1", "2020-01-01")]).await;
+        let message = receive_one(&f.queue).await;
+        // Another process finished the same termination after our first check:
+        // simulated by a row that appears when the claim is taken.
+        let mut done = AuditEntry {
+            idempotency_key: TerminationMessage::decode(&message.body)
+                .ok()
+                .map(|t| t.idempotency_key),
+            ..f.consumer.shared.entry(&message, None, Outcome::Deactivated, Instant::now())
+        };
+        done.success = true;
+        let step = {
+            let shared = f.consumer.shared.clone();
+            let termination = TerminationMessage::decode(&message.body).unwrap();
+            lock(&f.audit.rows).push(done);
+            f.consumer.ensure_deleter();
+            lock(&shared.inflight).insert(message.message_id.clone(), message.receipt_handle.clone());
+            shared.claimed(&message, &termination, Instant::now(), false).await
+        };
+        assert_eq!(step, Step::AlreadyDone(Outcome::Deactivated));
+        assert_eq!(f.engine.calls("E1"), 0);
+        assert!(lock(&f.audit.claims).is_empty());
     }
 
     #[tokio::test]

@@ -125,7 +125,9 @@ pub enum DispatchError {
     },
     /// The second pass read a different manifest than the first.
     #[error(
-        "manifest {manifest} changed between validation and dispatch ({first:?} vs {second:?})"
+        "manifest {manifest} changed between validation and dispatch (first read {}, second read {})",
+        counts_text(first),
+        counts_text(second)
     )]
     Changed {
         /// The manifest.
@@ -173,6 +175,31 @@ pub struct DispatchReport {
     pub enqueued: u64,
     /// Why the whole file was rejected, when it was (nothing was enqueued).
     pub rejected_file: Option<String>,
+    /// The records rejected on their own, in file order: the first
+    /// [`MAX_LISTED_REJECTED`] (`summary.rejected` counts all of them; every one
+    /// is in the audit).
+    pub rejected_records: Vec<RejectedRecord>,
+    /// SHA-256 of the manifest's bytes as read (64 lowercase hex digits), so a
+    /// plan or summary names exactly the file it is about.
+    pub sha256: Option<String>,
+}
+
+/// Most rejected records a [`DispatchReport`] lists, so that its memory stays
+/// bounded whatever the manifest holds.
+pub const MAX_LISTED_REJECTED: usize = 1000;
+
+/// One record rejected on its own (manifest reader's verdict).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RejectedRecord {
+    /// Zero-based record index.
+    pub index: u64,
+    /// One-based line on which the record starts.
+    pub line: u64,
+    /// The raw externalId when one could be read.
+    #[serde(rename = "externalId")]
+    pub external_id: Option<String>,
+    /// Why it was rejected.
+    pub reason: String,
 }
 
 /// Dispatcher settings.
@@ -188,6 +215,9 @@ pub struct DispatchOptions {
     pub send_attempts: u32,
     /// Pause before retrying failed entries (doubles per attempt).
     pub send_retry_base: Duration,
+    /// A dry run: rejected records and the manifest are audited as `dry_run`
+    /// (saying what would have been recorded), never as `invalid`/`scheduled`.
+    pub dry_run: bool,
 }
 
 impl Default for DispatchOptions {
@@ -198,6 +228,7 @@ impl Default for DispatchOptions {
             send_concurrency: 4,
             send_attempts: 5,
             send_retry_base: Duration::from_millis(200),
+            dry_run: false,
         }
     }
 }
@@ -395,12 +426,39 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         source: &ManifestSource,
         attempt: u32,
     ) -> Result<DispatchReport, DispatchError> {
+        self.fan_out(source, attempt, true).await
+    }
+
+    /// `dispatch --dry-run`: reads and validates the manifest exactly as
+    /// [`Dispatcher::dispatch`] does and reports what would be enqueued
+    /// (`summary.valid`) and what is rejected, but enqueues nothing
+    /// (`enqueued` = 0). The manifest and each rejected record are audited as
+    /// `dry_run`. Errors: as [`Dispatcher::dispatch`].
+    pub async fn plan(&self, source: &ManifestSource) -> Result<DispatchReport, DispatchError> {
+        self.fan_out(source, 1, false).await
+    }
+
+    async fn fan_out(
+        &self,
+        source: &ManifestSource,
+        attempt: u32,
+        enqueue: bool,
+    ) -> Result<DispatchReport, DispatchError> {
+        let dry_run = self.options.dry_run || !enqueue;
         let name = source.name();
         let hint = source.hint();
         let (reader, pin) = self.open(source, None).await?;
-        let first = tokio::task::spawn_blocking(move || manifest::validate(reader, hint))
-            .await
-            .map_err(|e| DispatchError::Task(e.to_string()))?;
+        let (first, sha256) = tokio::task::spawn_blocking(move || {
+            let mut hashing = Hashing::new(reader);
+            let first = manifest::validate(&mut hashing, hint);
+            // The parser may stop at the end of the data; the digest covers
+            // every byte (a read error here already failed the pass).
+            let _ = io::copy(&mut hashing, &mut io::sink());
+            (first, hashing.hex())
+        })
+        .await
+        .map_err(|e| DispatchError::Task(e.to_string()))?;
+        let sha256 = Some(sha256);
         let origin = self.origin(source, &pin);
         let first = match first {
             Ok(summary) => summary,
@@ -421,8 +479,10 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                     summary: Summary::default(),
                     enqueued: 0,
                     rejected_file: Some(reason),
+                    rejected_records: Vec::new(),
+                    sha256,
                 };
-                self.audit_manifest(&report, attempt).await?;
+                self.audit_manifest(&report, attempt, dry_run).await?;
                 return Ok(report);
             }
         };
@@ -443,9 +503,11 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         let mut in_flight = FuturesUnordered::new();
         let mut batch: Vec<OutgoingMessage> = Vec::with_capacity(MAX_BATCH);
         let mut enqueued = 0u64;
+        let mut rejected_records = Vec::new();
         let mut failure: Option<DispatchError> = None;
         while let Some(entry) = rx.recv().await {
             match entry {
+                Entry::Valid { .. } if !enqueue => {}
                 Entry::Valid {
                     position, record, ..
                 } => {
@@ -472,16 +534,33 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                 } => {
                     let mut at = origin.clone();
                     at.index = Some(position.index);
+                    let external_id = external_id
+                        .map(|e| truncate(e.trim(), 256))
+                        .filter(|e| !e.is_empty());
+                    if rejected_records.len() < MAX_LISTED_REJECTED {
+                        rejected_records.push(RejectedRecord {
+                            index: position.index,
+                            line: position.line,
+                            external_id: external_id.clone(),
+                            reason: reason.to_string(),
+                        });
+                    }
                     let entry = AuditEntry {
-                        external_id: external_id
-                            .map(|e| truncate(e.trim(), 256))
-                            .filter(|e| !e.is_empty()),
+                        external_id,
                         user_id: None,
                         action: "deactivate".into(),
                         status_code: None,
                         success: false,
-                        error_message: Some(format!("{position}: {reason}")),
-                        outcome: Outcome::Invalid,
+                        error_message: Some(if dry_run {
+                            format!("dry run: would reject {position}: {reason}")
+                        } else {
+                            format!("{position}: {reason}")
+                        }),
+                        outcome: if dry_run {
+                            Outcome::DryRun
+                        } else {
+                            Outcome::Invalid
+                        },
                         credential: None,
                         groups_removed: Vec::new(),
                         attempt,
@@ -567,8 +646,10 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             summary: second,
             enqueued,
             rejected_file: None,
+            rejected_records,
+            sha256,
         };
-        self.audit_manifest(&report, attempt).await?;
+        self.audit_manifest(&report, attempt, dry_run).await?;
         info!(
             manifest = name,
             records = second.records,
@@ -834,9 +915,10 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         &self,
         report: &DispatchReport,
         attempt: u32,
+        dry_run: bool,
     ) -> Result<(), DispatchError> {
         let s = &report.summary;
-        let (success, outcome, message) = match &report.rejected_file {
+        let (success, outcome, mut message) = match &report.rejected_file {
             Some(reason) => (
                 false,
                 Outcome::Invalid,
@@ -856,6 +938,15 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                     report.enqueued
                 ),
             ),
+        };
+        if let Some(sha) = &report.sha256 {
+            message.push_str(&format!(" sha256={sha}"));
+        }
+        let (success, outcome) = if dry_run {
+            message = format!("dry run: {message}");
+            (false, Outcome::DryRun)
+        } else {
+            (success, outcome)
         };
         let entry = AuditEntry {
             external_id: None,
@@ -885,6 +976,45 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                 detail: e.to_string(),
             })
     }
+}
+
+/// A reader that hashes what passes through it (SHA-256), for the manifest's
+/// digest without a separate pass.
+struct Hashing<R> {
+    inner: R,
+    hash: sha2::Sha256,
+}
+
+impl<R: Read> Hashing<R> {
+    fn new(inner: R) -> Self {
+        use sha2::Digest;
+        Self {
+            inner,
+            hash: sha2::Sha256::new(),
+        }
+    }
+
+    fn hex(self) -> String {
+        use sha2::Digest;
+        hex::encode(self.hash.finalize())
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.read(buf)?;
+        self.hash.update(buf.get(..n).unwrap_or_default());
+        Ok(n)
+    }
+}
+
+/// A pass's counts for people: "120 records (118 valid, 2 rejected, 0 duplicates)".
+fn counts_text(s: &Summary) -> String {
+    format!(
+        "{} records ({} valid, {} rejected, {} duplicates)",
+        s.records, s.valid, s.rejected, s.duplicates
+    )
 }
 
 fn open_local(path: &Path) -> io::Result<std::fs::File> {

@@ -81,6 +81,11 @@ pub struct Report {
     /// For `retrying`: how long the caller should wait before the next attempt.
     #[serde(skip)]
     pub retry_after: Option<Duration>,
+    /// In a dry run (`outcome` = `dry_run`): what a real run would come to,
+    /// `deactivated` (the user is active) or `already_inactive` (only leftover
+    /// groups or roles to remove). `None` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub planned: Option<Outcome>,
     /// Wall time spent.
     #[serde(with = "duration_ms")]
     pub elapsed: Duration,
@@ -191,6 +196,7 @@ impl From<ScimError> for Stop {
 #[derive(Default)]
 struct Progress {
     user_id: Option<ScimUserId>,
+    planned: Option<Outcome>,
     groups_removed: Vec<GroupRef>,
     roles_removed: Vec<String>,
     status: Option<u16>,
@@ -312,6 +318,7 @@ impl Engine {
             requests: evidence.requests,
             detail,
             retry_after,
+            planned: progress.planned.filter(|_| outcome == Outcome::DryRun),
             elapsed: started.elapsed(),
         }
     }
@@ -332,7 +339,7 @@ impl Engine {
         match exact.len() {
             0 => Err(Stop::Decided(
                 Outcome::NotFound,
-                format!("no user, active or inactive, has externalId {external_id:?}"),
+                format!("no user, active or inactive, has externalId \"{external_id}\""),
             )),
             1 => Ok(exact.remove(0)),
             n => {
@@ -340,7 +347,7 @@ impl Engine {
                 Err(Stop::Decided(
                     Outcome::Ambiguous,
                     format!(
-                        "{n} users have externalId {external_id:?} ({}); nothing was changed",
+                        "{n} users have externalId \"{external_id}\" ({}); nothing was changed",
                         ids.join(", ")
                     ),
                 ))
@@ -354,7 +361,7 @@ impl Engine {
             Subject::UserId(id) => s
                 .get_user(id)
                 .await?
-                .ok_or_else(|| Stop::Decided(Outcome::NotFound, format!("no user has id {id:?}"))),
+                .ok_or_else(|| Stop::Decided(Outcome::NotFound, format!("no user has id \"{id}\""))),
             Subject::Checked {
                 user_id,
                 external_id,
@@ -410,6 +417,11 @@ impl Engine {
         if dry_run {
             p.groups_removed = groups;
             p.roles_removed = roles;
+            p.planned = Some(if was_active {
+                Outcome::Deactivated
+            } else {
+                Outcome::AlreadyInactive
+            });
             return Ok(Outcome::DryRun);
         }
 

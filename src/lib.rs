@@ -20,7 +20,9 @@
 //!   verify, classify.
 //! - [`scim`]: the SCIM 2.0 client and the OAuth token provider.
 //! - [`limit`]: the shared, adaptive request-rate limiter.
-//! - [`audit`]: the append-only, hash-chained audit store (PostgreSQL, SQLite).
+//! - [`audit`]: the append-only, hash-chained audit store (PostgreSQL, SQLite),
+//!   and the cross-process claims on a person.
+//! - [`plan`]: per-person results of a run and a dry run's reviewable plan.
 //! - [`report`]: the weekly compliance summary and the evidence export.
 //! - [`sim`]: the Genesys Cloud SCIM simulator (`deprovision simulate`).
 
@@ -32,6 +34,7 @@ pub mod domain;
 pub mod engine;
 pub mod limit;
 pub mod manifest;
+pub mod plan;
 pub mod queue;
 pub mod report;
 pub mod scim;

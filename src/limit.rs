@@ -22,7 +22,10 @@ type DirectGovernor = Governor<NotKeyed, InMemoryState, DefaultClock>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LimitError {
     /// Every worker is holding off (after a 429) until after the deadline.
-    #[error("requests are paused for {wait:?} after a rate-limit response, past the deadline")]
+    #[error(
+        "requests are paused for {} s after a rate-limit response, past the deadline",
+        wait.as_secs_f64().ceil()
+    )]
     PausedPastDeadline {
         /// How long the pause still lasts.
         wait: Duration,

@@ -219,7 +219,10 @@ pub enum ManifestError {
         message: String,
     },
     /// The CSV header row lacks a required column.
-    #[error("CSV header (line {line}) has no {column:?} column; found {found:?}")]
+    #[error(
+        "CSV header (line {line}) has no \"{column}\" column; found: {}",
+        found.join(", ")
+    )]
     MissingColumn {
         /// The header line.
         line: u64,
@@ -229,7 +232,10 @@ pub enum ManifestError {
         found: Vec<String>,
     },
     /// The CSV header row names a required column twice.
-    #[error("CSV header (line {line}) has the {column:?} column more than once; found {found:?}")]
+    #[error(
+        "CSV header (line {line}) has the \"{column}\" column more than once; found: {}",
+        found.join(", ")
+    )]
     DuplicateColumn {
         /// The header line.
         line: u64,
@@ -890,13 +896,14 @@ fn read_csv<R: Read, F: FnMut(Entry) -> ControlFlow<()>>(
             ),
             _ => (e.position().map_or(1, csv::Position::line), 1),
         };
+        let message = e.to_string();
         match e.into_kind() {
             csv::ErrorKind::Io(io) => ManifestError::Io(io),
-            other => ManifestError::Syntax {
+            _ => ManifestError::Syntax {
                 format: Format::Csv,
                 line,
                 column,
-                message: format!("{other:?}"),
+                message,
             },
         }
     };

@@ -13,6 +13,7 @@
 //! `2026-03-02T04:30:00.000Z` (fixed width, so text order is time order).
 
 pub mod chain;
+mod claims;
 mod postgres;
 mod sqlite;
 
@@ -25,6 +26,7 @@ use crate::config::AuditArgs;
 use crate::domain::{Credential, IdempotencyKey, Outcome};
 
 pub use chain::{BreakReason, BrokenRow, VerifyReport};
+pub use claims::ClaimState;
 
 /// Where a termination came from: the manifest object and the record's position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -132,6 +134,15 @@ pub enum AuditError {
         /// Which read.
         what: &'static str,
         /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Taking or releasing a claim on a person failed (see [`AuditStore::claim`]).
+    #[error("cannot claim or release externalId {person:?} in termination_claims: {source}")]
+    Claim {
+        /// The externalId (or `userId:…` key) being claimed.
+        person: String,
+        /// The driver's error (e.g. the table is missing: run `deprovision migrate`).
         #[source]
         source: sqlx::Error,
     },

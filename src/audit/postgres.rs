@@ -72,6 +72,11 @@ impl PgStore {
             .map_err(|source| AuditError::Migrate { source })
     }
 
+    /// The pool, for the claims table (`super::claims`).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub(super) async fn close(&self) {
         self.pool.close().await;
     }

@@ -22,6 +22,10 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         .context("deprovision migrate")?;
     store.migrate().await.context("deprovision migrate")?;
     store.close().await;
-    println!("audit migrations applied ({:?})", store.kind());
+    let backend = match store.kind() {
+        deprovision::audit::BackendKind::Postgres => "PostgreSQL",
+        deprovision::audit::BackendKind::Sqlite => "SQLite",
+    };
+    println!("audit migrations applied ({backend})");
     Ok(ExitCode::SUCCESS)
 }

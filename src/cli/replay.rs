@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use deprovision::audit::AuditStore;
-use deprovision::config::{AuditArgs, AwsArgs};
+use deprovision::config::{ActorArgs, AuditArgs, AwsArgs};
 use deprovision::consume::{ReplayOptions, replay_dead_letters};
 use deprovision::queue::sqs::load_aws_config;
 
@@ -24,9 +24,8 @@ pub struct ReplayArgs {
     /// List what would be replayed; move nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Who is replaying (recorded in the audit).
-    #[arg(long, env = "USER", default_value = "operator")]
-    pub actor: String,
+    #[command(flatten)]
+    pub actor: ActorArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -55,7 +54,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         max: args.max,
         reason: args.reason.clone(),
         dry_run: args.dry_run,
-        actor: args.actor.clone(),
+        actor: args.actor.or("operator"),
     };
     let report = replay_dead_letters(&dead_letter, &terminations, &audit, &options)
         .await

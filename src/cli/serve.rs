@@ -16,7 +16,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use deprovision::audit::AuditStore;
-use deprovision::config::{AuditArgs, AwsArgs, HealthArgs, PolicyArgs, ScimArgs, ScimTarget};
+use deprovision::config::{
+    AuditArgs, AwsArgs, ConsumerArgs, HealthArgs, PolicyArgs, ScimArgs, ScimTarget,
+};
 use deprovision::consume::{AuditSink, Consumer, ConsumerOptions};
 use deprovision::dispatch::{DispatchOptions, Dispatcher, s3_client};
 use deprovision::domain::IdempotencyKey;
@@ -29,18 +31,13 @@ use url::Url;
 /// Flags of `deprovision serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Seconds started terminations may take to finish after SIGTERM; keep it
-    /// below the ECS task's stopTimeout (30 s by default).
-    #[arg(long, env = "DRAIN_DEADLINE_SECS", default_value_t = 25)]
-    pub drain_deadline_secs: u64,
-    /// Seconds one termination attempt may take (retries of 429/5xx included)
-    /// before it is returned to the queue as `retrying`.
-    #[arg(long, env = "ATTEMPT_TIMEOUT_SECS", default_value_t = 60)]
-    pub attempt_timeout_secs: u64,
-    /// First redelivery delay after a transient failure, seconds; doubles per
-    /// receive, jittered, at most 15 minutes.
-    #[arg(long, env = "RETRY_BASE_SECS", default_value_t = 5)]
-    pub retry_base_secs: u64,
+    /// Plan only: consumers resolve each person, audit the plan as `dry_run` and
+    /// delete the message; no mutating SCIM request is sent. Run it on its own
+    /// rehearsal queues: it consumes what it reads.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub health: HealthArgs,
     #[command(flatten)]
@@ -241,11 +238,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         health_stop.clone(),
     ));
 
+    if args.dry_run {
+        tracing::warn!(
+            queue = terminations.url(),
+            "dry run: every termination message received is planned, audited as dry_run and deleted; nothing is changed in SCIM"
+        );
+    }
     let options = ConsumerOptions {
         concurrency: args.policy.concurrency.max(1),
-        drain_deadline: Duration::from_secs(args.drain_deadline_secs),
-        attempt_timeout: Duration::from_secs(args.attempt_timeout_secs.max(1)),
-        retry_base: Duration::from_secs(args.retry_base_secs),
+        drain_deadline: args.consumer.drain_deadline(),
+        attempt_timeout: args.consumer.attempt_timeout(),
+        retry_base: args.consumer.retry_base(),
+        dry_run: args.dry_run,
         ..ConsumerOptions::default()
     };
     let consumer = Consumer::new(
@@ -262,6 +266,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         DispatchOptions {
             hr_timezone: args.policy.hr_timezone,
             effective_at: args.policy.termination_effective_at,
+            dry_run: args.dry_run,
             ..DispatchOptions::default()
         },
     );

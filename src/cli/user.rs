@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deprovision::audit::{AuditEntry, AuditStore};
-use deprovision::config::{AuditArgs, ScimArgs};
+use deprovision::config::{ActorArgs, AuditArgs, ScimArgs};
 use deprovision::domain::{ExternalId, Outcome, ScimUserId};
 use deprovision::engine::{Engine, Report, Subject};
 
@@ -44,9 +44,8 @@ pub struct UserArgs {
     /// Give up (outcome `retrying`) after this many seconds of retries.
     #[arg(long, default_value_t = 120)]
     pub deadline_secs: u64,
-    /// Who ran this, recorded in the audit row (default: the OS user).
-    #[arg(long, env = "USER")]
-    pub by: Option<String>,
+    #[command(flatten)]
+    pub actor: ActorArgs,
     #[command(flatten)]
     pub scim: ScimArgs,
     #[command(flatten)]
@@ -152,7 +151,7 @@ fn audit_entry(
         correlation_ids: report.correlation_ids.clone(),
         duration_ms: Some(report.elapsed.as_millis().try_into().unwrap_or(u64::MAX)),
         idempotency_key: None,
-        actor: args.by.clone(),
+        actor: args.actor.by.clone(),
     }
 }
 

@@ -188,7 +188,10 @@ pub enum ScimError {
     },
     /// 429s went on past the retry budget or the deadline. Never a reason to
     /// switch credential.
-    #[error("{op}: rate limited (HTTP 429) {attempts} times; retry after {retry_after:?}")]
+    #[error(
+        "{op}: rate limited (HTTP 429) {attempts} times; {}",
+        wait_text(*retry_after)
+    )]
     RateLimited {
         /// The request.
         op: String,
@@ -285,6 +288,14 @@ impl ScimError {
             }
             _ => false,
         }
+    }
+}
+
+/// A 429's wait for people: "retry after 55 s", or that the server did not say.
+fn wait_text(retry_after: Option<Duration>) -> String {
+    match retry_after {
+        Some(d) => format!("retry after {} s", d.as_secs_f64().ceil()),
+        None => "the server gave no retry time".to_owned(),
     }
 }
 
