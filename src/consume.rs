@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::audit::{AuditEntry, ClaimState};
 use crate::domain::{IdempotencyKey, Outcome};
-use crate::plan::Decision;
+use crate::plan::{Decision, planned_now};
 use crate::engine::{Deprovision, Report, Request};
 use crate::queue::{
     MAX_BATCH, MAX_DELAY, MAX_VISIBILITY, OutgoingMessage, Queue, QueueError, ReceivedMessage,
@@ -539,17 +539,6 @@ fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     let low = exp / 2;
     let jitter_ms = rand::random_range(0..=(exp - low).as_millis().min(u64::MAX as u128) as u64);
     low + Duration::from_millis(jitter_ms)
-}
-
-/// What a real run would come to now, from a dry run's report: the engine's
-/// plan for a user it found (`deactivated`, `already_inactive`), else its
-/// outcome; a transient failure on the last receive counts as `failed`.
-fn planned_now(report: &Report) -> Outcome {
-    match report.outcome {
-        Outcome::DryRun => report.planned.unwrap_or(Outcome::Deactivated),
-        Outcome::Retrying => Outcome::Failed,
-        other => other,
-    }
 }
 
 /// Best effort: the externalId of a body that did not decode, for the audit row.

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::dispatch::{DispatchReport, RejectedRecord};
 use crate::domain::{EffectiveAt, Outcome};
-use crate::engine::GroupRef;
+use crate::engine::{GroupRef, Report};
 
 /// One person's end in a run, reported by the consumer pool once the audit row
 /// is written (never for an attempt that will be retried).
@@ -55,6 +55,18 @@ impl Decision {
     /// a dry run, else the recorded one.
     pub fn shown(&self) -> Outcome {
         self.planned.unwrap_or(self.outcome)
+    }
+}
+
+/// What a real run would come to now, from a dry run's engine report: the
+/// engine's plan for a user it found (`deactivated`, `already_inactive`), else
+/// its outcome (`not_found`, `ambiguous`, …); a transient failure counts as
+/// `failed` (the plan could not be made).
+pub fn planned_now(report: &Report) -> Outcome {
+    match report.outcome {
+        Outcome::DryRun => report.planned.unwrap_or(Outcome::Deactivated),
+        Outcome::Retrying => Outcome::Failed,
+        other => other,
     }
 }
 

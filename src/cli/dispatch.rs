@@ -1,6 +1,10 @@
-//! `deprovision dispatch s3://bucket/key [--version-id V]`: fans one manifest out
-//! onto the terminations queue by hand — the same validation, messages and audit
-//! rows as an S3 event would cause. Prints the dispatch report as JSON.
+//! `deprovision dispatch s3://bucket/key [--version-id V] [--dry-run]`: fans one
+//! manifest out onto the terminations queue by hand — the same validation,
+//! messages and audit rows as an S3 event would cause. Prints the dispatch report
+//! as JSON (counts, rejected records with index, line and reason, the manifest's
+//! SHA-256). `--dry-run` reads and validates the manifest (also a local file) and
+//! prints what would be enqueued, enqueues nothing and audits the manifest and
+//! its rejected records as `dry_run`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,7 +13,7 @@ use anyhow::Context;
 use deprovision::audit::AuditStore;
 use deprovision::config::{AuditArgs, AwsArgs, PolicyArgs};
 use deprovision::dispatch::{DispatchOptions, Dispatcher, ManifestSource, s3_client};
-use deprovision::queue::SqsQueue;
+use deprovision::queue::{MemoryQueue, SqsQueue};
 use deprovision::queue::sqs::load_aws_config;
 
 /// Flags of `deprovision dispatch`.
@@ -20,6 +24,10 @@ pub struct DispatchArgs {
     /// A specific object version.
     #[arg(long)]
     pub version_id: Option<String>,
+    /// Validate and show what would be enqueued; enqueue nothing (a local file
+    /// is accepted too).
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub audit: AuditArgs,
     #[command(flatten)]
@@ -34,11 +42,15 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     let mut source = ManifestSource::parse(&args.manifest)?;
     match &mut source {
         ManifestSource::S3(object) => object.version_id = args.version_id.clone(),
+        ManifestSource::Local(_) if args.dry_run => {}
         ManifestSource::Local(_) => anyhow::bail!(
-            "dispatch takes s3://bucket/key; for a local file use `deprovision run FILE`"
+            "dispatch takes s3://bucket/key; for a local file use `deprovision run FILE` (or `dispatch --dry-run FILE` to validate it)"
         ),
     }
     let aws = load_aws_config().await;
+    if args.dry_run {
+        return plan(args, &source, &aws).await;
+    }
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let url = args
         .aws
@@ -62,6 +74,46 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     let report = dispatcher.dispatch(&source, 1).await?;
     audit.close().await;
     println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(match report.rejected_file {
+        Some(_) => ExitCode::from(2),
+        None => ExitCode::SUCCESS,
+    })
+}
+
+/// `dispatch --dry-run`: the same reading, validation and audit (as `dry_run`)
+/// without a terminations queue; prints the report with `dry_run` and
+/// `would_enqueue`.
+async fn plan(
+    args: DispatchArgs,
+    source: &ManifestSource,
+    aws: &aws_config::SdkConfig,
+) -> anyhow::Result<ExitCode> {
+    let s3 = match source {
+        ManifestSource::S3(_) => Some(s3_client(aws)),
+        ManifestSource::Local(_) => None,
+    };
+    let audit = Arc::new(AuditStore::open(&args.audit).await.context("audit store")?);
+    // Never sent to: `plan` enqueues nothing.
+    let nowhere = MemoryQueue::new("dry-run", std::time::Duration::from_secs(30));
+    let dispatcher = Dispatcher::new(
+        s3,
+        nowhere,
+        audit.clone(),
+        DispatchOptions {
+            hr_timezone: args.policy.hr_timezone,
+            effective_at: args.policy.termination_effective_at,
+            dry_run: true,
+            ..DispatchOptions::default()
+        },
+    );
+    let report = dispatcher.plan(source).await?;
+    audit.close().await;
+    let mut value = serde_json::to_value(&report)?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("dry_run".into(), true.into());
+        obj.insert("would_enqueue".into(), report.summary.valid.into());
+    }
+    println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(match report.rejected_file {
         Some(_) => ExitCode::from(2),
         None => ExitCode::SUCCESS,

@@ -6,6 +6,11 @@
 //! Genesys Cloud simulator in-process, seeded with the manifest's people in one
 //! or two groups each, so the path can be watched without any account.
 //!
+//! The summary names who was not deprovisioned (`not_found`, `protected`,
+//! dead-lettered, scheduled) and the rejected records, the first few in text and
+//! up to 1,000 in JSON. `--dry-run --format json` prints the plan instead: one
+//! document a reviewer can approve ([`PlanDocument`]).
+//!
 //! Exit status: 0 when the manifest reconciles and no termination failed
 //! (`failed`, `forbidden`); 1 otherwise; 2 when the manifest was rejected whole.
 
@@ -25,6 +30,7 @@ use deprovision::dispatch::{
 };
 use deprovision::domain::Outcome;
 use deprovision::engine::Engine;
+use deprovision::plan::{Decision, Journal, PlanDocument, PlanSettings, would_label};
 use deprovision::queue::sqs::load_aws_config;
 use deprovision::queue::{MemoryQueue, TerminationMessage, attr};
 use deprovision::sim::{RunningSim, Seed, SimConfig};
@@ -76,6 +82,37 @@ struct DeadLetter {
     detail: Option<String>,
 }
 
+/// One person who was not deprovisioned (or, in a dry run, one planned
+/// person), in the summary.
+#[derive(Debug, Serialize)]
+struct Person {
+    #[serde(rename = "externalId")]
+    external_id: Option<String>,
+    #[serde(rename = "userId")]
+    user_id: Option<String>,
+    /// The recorded outcome (dry run: the planned one).
+    outcome: Outcome,
+    index: Option<u64>,
+    reason: Option<String>,
+}
+
+impl Person {
+    fn of(d: &Decision) -> Self {
+        Self {
+            external_id: d.external_id.clone(),
+            user_id: d.user_id.clone(),
+            outcome: d.shown(),
+            index: d.index,
+            reason: d.reason.clone(),
+        }
+    }
+}
+
+/// People listed in the JSON summary (the text lists [`TEXT_LISTED`]).
+const REVIEW_KEPT: usize = 1000;
+/// People and rejected records listed in the text summary.
+const TEXT_LISTED: usize = 20;
+
 /// The closing summary.
 #[derive(Debug, Serialize)]
 struct Summary {
@@ -85,6 +122,11 @@ struct Summary {
     audit: String,
     tally: TallySnapshot,
     dead_lettered: Vec<DeadLetter>,
+    /// Who was not deprovisioned (`not_found`, `protected`, dead-lettered,
+    /// `scheduled`), in manifest order; in a dry run, who would not be.
+    not_deprovisioned: Vec<Person>,
+    /// How many more than those listed.
+    not_deprovisioned_more: u64,
     /// Distinct terminations that reached an end state (terminal outcome,
     /// dry run, scheduled for later, or already finished by an earlier run).
     accounted: u64,
@@ -125,6 +167,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         DispatchOptions {
             hr_timezone: args.policy.hr_timezone,
             effective_at: args.policy.termination_effective_at,
+            dry_run: args.dry_run,
             ..DispatchOptions::default()
         },
     );
@@ -154,6 +197,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         (Engine::from_args(&args.scim).context("SCIM client")?, None)
     };
+    let scim_target = match &sim {
+        Some(sim) => format!("sandbox simulator at {}", sim.base_url()),
+        None => match args.scim.target() {
+            Ok(deprovision::config::ScimTarget::Genesys { api_base, .. }) => api_base.to_string(),
+            Ok(deprovision::config::ScimTarget::Static { base, .. }) => base.to_string(),
+            Err(e) => format!("unresolved ({e})"),
+        },
+    };
 
     let consumer = Consumer::new(
         queue.clone(),
@@ -170,6 +221,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
     );
     let tally = consumer.tally();
+    let journal = Arc::new(if args.dry_run {
+        Journal::everyone()
+    } else {
+        Journal::needing_review(REVIEW_KEPT)
+    });
+    {
+        let journal = journal.clone();
+        consumer.observe(move |d| journal.record(d));
+    }
     let stop_pool = shutdown.child_token();
     let pool = {
         let stop = stop_pool.clone();
@@ -246,6 +306,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             detail: attrs.get(attr::DETAIL).cloned(),
         })
         .collect();
+    let (decisions, more) = journal.finish();
+    if args.dry_run && args.format == Format::Json {
+        let settings = PlanSettings {
+            scim_target,
+            sandbox: args.sandbox,
+            remove_roles: args.scim.remove_roles,
+            hr_timezone: args.policy.hr_timezone.name().to_owned(),
+            termination_effective_at: args.policy.termination_effective_at,
+            audit: audit_url,
+        };
+        let plan = PlanDocument::new(&report, settings, &decisions, reconciled);
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(if reconciled {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let review: Vec<&Decision> = decisions
+        .iter()
+        .filter(|d| !d.earlier && !d.shown().is_success())
+        .collect();
     let summary = Summary {
         manifest: report,
         sandbox: args.sandbox,
@@ -253,6 +335,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         audit: audit_url,
         tally,
         dead_lettered,
+        not_deprovisioned: review
+            .iter()
+            .take(REVIEW_KEPT)
+            .map(|d| Person::of(d))
+            .collect(),
+        not_deprovisioned_more: more + review.len().saturating_sub(REVIEW_KEPT) as u64,
         accounted,
         reconciled,
         interrupted,
@@ -260,7 +348,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
-        Format::Text => print!("{}", render_text(&summary)),
+        Format::Text => print!("{}", render_text(&summary, &decisions)),
     }
     Ok(if reconciled && failed == 0 {
         ExitCode::SUCCESS
@@ -312,7 +400,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn render_text(s: &Summary) -> String {
+fn render_text(s: &Summary, decisions: &[Decision]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let m = &s.manifest.summary;
@@ -327,52 +415,118 @@ fn render_text(s: &Summary) -> String {
         "manifest {}{mode}: {} records = {} terminations + {} rejected + {} duplicates",
         s.manifest.origin.key, m.records, m.valid, m.rejected, m.duplicates,
     );
-    let _ = writeln!(out);
-    let _ = writeln!(out, "  {:<20} {:>7}", "outcome", "count");
-    for (outcome, n) in &s.tally.outcomes {
-        let _ = writeln!(out, "  {:<20} {:>7}", outcome.as_str(), n);
+    if let Some(sha) = &s.manifest.sha256 {
+        let _ = writeln!(out, "sha256 {sha}");
     }
-    for (outcome, n) in &s.tally.would {
-        // The engine's dry run reports `dry_run` for "would be deactivated".
-        let label = match outcome {
-            Outcome::DryRun => "  would deactivate".to_owned(),
-            other => format!("  would be {other}"),
-        };
-        let _ = writeln!(out, "  {label:<20} {n:>7}");
+    let _ = writeln!(out);
+    if s.dry_run {
+        let _ = writeln!(out, "  {:<24} {:>7}", "plan (nothing changed)", "count");
+        for (outcome, n) in &s.tally.would {
+            let _ = writeln!(out, "  {:<24} {n:>7}", would_label(*outcome));
+        }
+    } else {
+        let _ = writeln!(out, "  {:<24} {:>7}", "outcome", "count");
+        for (outcome, n) in &s.tally.outcomes {
+            let _ = writeln!(out, "  {:<24} {:>7}", outcome.as_str(), n);
+        }
     }
     if s.tally.not_due > 0 {
         let _ = writeln!(
             out,
-            "  {:<20} {:>7}   (not yet due; run again after the date)",
+            "  {:<24} {:>7}   (not yet due; run again after the date)",
             "scheduled", s.tally.not_due
         );
     }
     if s.tally.already_done > 0 {
         let _ = writeln!(
             out,
-            "  {:<20} {:>7}   (finished by an earlier run; not acted on again)",
+            "  {:<24} {:>7}   (finished by an earlier run; not acted on again)",
             "already done", s.tally.already_done
         );
     }
     if m.rejected > 0 {
         let _ = writeln!(
             out,
-            "  {:<20} {:>7}   (records rejected by the manifest reader)",
+            "  {:<24} {:>7}   (records rejected by the manifest reader)",
             "invalid records", m.rejected
         );
     }
     let _ = writeln!(out);
-    if !s.dead_lettered.is_empty() {
-        let _ = writeln!(out, "dead-lettered (needs review):");
-        for d in &s.dead_lettered {
+    if s.dry_run {
+        let planned: Vec<&Decision> = decisions.iter().filter(|d| !d.earlier).collect();
+        if !planned.is_empty() {
+            let _ = writeln!(out, "plan:");
+            for d in planned.iter().take(TEXT_LISTED) {
+                let what = match (d.shown(), d.when_due) {
+                    (Outcome::Scheduled, Some(then)) => format!(
+                        "scheduled for {}; when due: {}",
+                        d.effective_at
+                            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                            .unwrap_or_default(),
+                        would_label(then)
+                    ),
+                    (o, _) if o.is_success() => format!(
+                        "{}, {} group(s){}",
+                        would_label(o),
+                        d.groups.len(),
+                        if d.roles.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", roles {}", d.roles.join(", "))
+                        }
+                    ),
+                    (o, _) => format!(
+                        "{}: {}",
+                        would_label(o),
+                        d.reason.as_deref().unwrap_or("")
+                    ),
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<16} {:<38} {what}",
+                    d.external_id.as_deref().unwrap_or("-"),
+                    d.user_id.as_deref().unwrap_or("-"),
+                );
+            }
+            more_line(&mut out, planned.len(), "run with --format json for the whole plan");
+            let _ = writeln!(out);
+        }
+    } else if !s.not_deprovisioned.is_empty() {
+        let _ = writeln!(out, "not deprovisioned (needs review):");
+        for p in s.not_deprovisioned.iter().take(TEXT_LISTED) {
             let _ = writeln!(
                 out,
                 "  {:<16} {:<18} {}",
-                d.external_id.as_deref().unwrap_or("-"),
-                d.reason,
-                d.detail.as_deref().unwrap_or("")
+                p.external_id.as_deref().unwrap_or("-"),
+                p.outcome.as_str(),
+                p.reason.as_deref().unwrap_or("")
             );
         }
+        more_line(
+            &mut out,
+            s.not_deprovisioned.len() + s.not_deprovisioned_more as usize,
+            "every one is in the audit; --format json lists up to 1000",
+        );
+        let _ = writeln!(out);
+    }
+    let rejected = &s.manifest.rejected_records;
+    if !rejected.is_empty() {
+        let _ = writeln!(out, "rejected records:");
+        for r in rejected.iter().take(TEXT_LISTED) {
+            let _ = writeln!(
+                out,
+                "  record {} (line {})  {:<16} {}",
+                r.index,
+                r.line,
+                r.external_id.as_deref().unwrap_or("-"),
+                r.reason
+            );
+        }
+        more_line(
+            &mut out,
+            usize::try_from(m.rejected).unwrap_or(usize::MAX),
+            "every one is in the audit",
+        );
         let _ = writeln!(out);
     }
     let _ = writeln!(
@@ -397,4 +551,12 @@ fn render_text(s: &Summary) -> String {
         let _ = writeln!(out, "{} termination(s) failed", s.failed);
     }
     out
+}
+
+/// "  … and N more (hint)" when `total` exceeds what the text lists.
+fn more_line(out: &mut String, total: usize, hint: &str) {
+    use std::fmt::Write;
+    if total > TEXT_LISTED {
+        let _ = writeln!(out, "  … and {} more ({hint})", total - TEXT_LISTED);
+    }
 }

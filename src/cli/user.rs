@@ -5,15 +5,23 @@
 //! outcome with its evidence, and maps it to an exit code. Its audit row is
 //! appended before anything is printed; a termination that cannot be audited is
 //! reported as an error (exit 1), never as done.
+//!
+//! A real run first claims the person in the audit database (the same
+//! `termination_claims` lease the queue workers take, keyed by externalId; by
+//! `userId:<id>` when only `--user-id` is given), waiting up to the deadline
+//! while a worker holds it, so the operator and the service never race on one
+//! person. `--dry-run` claims nothing, sends no mutating request, prints the
+//! plan and audits it as `dry_run`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use deprovision::audit::{AuditEntry, AuditStore};
+use deprovision::audit::{AuditEntry, AuditStore, ClaimState};
 use deprovision::config::{ActorArgs, AuditArgs, ScimArgs};
 use deprovision::domain::{ExternalId, Outcome, ScimUserId};
 use deprovision::engine::{Engine, Report, Subject};
+use deprovision::plan::{describe, planned_now, would_label};
 
 /// Output format of `deprovision user`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -99,14 +107,28 @@ pub async fn run(args: UserArgs) -> anyhow::Result<ExitCode> {
     let store = AuditStore::open(&args.audit)
         .await
         .context("opening the audit store (DATABASE_URL)")?;
-    let report = deprovision_one(
-        &engine,
-        &subject,
-        args.dry_run,
-        Duration::from_secs(args.deadline_secs.max(1)),
-    )
-    .await;
-    store
+    let within = Duration::from_secs(args.deadline_secs.max(1));
+    let claim = if args.dry_run {
+        None
+    } else {
+        let person = claim_key(&subject);
+        let owner = format!(
+            "pid {} deprovision user by {}",
+            std::process::id(),
+            args.actor.or("operator")
+        );
+        match wait_for_claim(&store, &person, &owner, within).await? {
+            ClaimState::Taken => Some((person, owner)),
+            held => {
+                eprintln!(
+                    "{person} is {held}; nothing was done. Try again when it is finished (the service may already be deprovisioning this person)."
+                );
+                return Ok(ExitCode::from(75));
+            }
+        }
+    };
+    let report = deprovision_one(&engine, &subject, args.dry_run, within).await;
+    let audited = store
         .append(&audit_entry(&args, &report, requested_at))
         .await
         .with_context(|| {
@@ -114,7 +136,13 @@ pub async fn run(args: UserArgs) -> anyhow::Result<ExitCode> {
                 "the termination ended {} but its audit row could not be written",
                 report.outcome
             )
-        })?;
+        });
+    if let Some((person, owner)) = &claim
+        && let Err(e) = store.release_claim(person, owner).await
+    {
+        tracing::warn!(error = %e, "could not release the claim; it lapses with its lease");
+    }
+    audited?;
     match args.format {
         Format::Json => println!("{}", render_json(&args, &report)?),
         Format::Text => print!("{}", render_text(&args, &report)),
@@ -122,8 +150,65 @@ pub async fn run(args: UserArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code(report.outcome))
 }
 
+/// The claim key of a subject: its externalId, else `userId:<id>` (an operator
+/// naming only the account is then serialised with other such runs, not with
+/// queue workers, which claim by externalId).
+fn claim_key(subject: &Subject) -> String {
+    match subject {
+        Subject::ExternalId(e) | Subject::Checked { external_id: e, .. } => e.as_str().to_owned(),
+        Subject::UserId(id) => format!("userId:{id}"),
+    }
+}
+
+/// Takes the claim, polling once a second while someone else holds it, until
+/// `within` has passed. Errors: the audit database refused the claim.
+async fn wait_for_claim(
+    store: &AuditStore,
+    person: &str,
+    owner: &str,
+    within: Duration,
+) -> anyhow::Result<ClaimState> {
+    // The lease outlives the deadline by a margin for the audit write.
+    let lease = within + Duration::from_secs(60);
+    let give_up = tokio::time::Instant::now() + within;
+    loop {
+        let state = store
+            .claim(person, owner, lease)
+            .await
+            .context("claiming the person in the audit database")?;
+        if state.is_taken() || tokio::time::Instant::now() + Duration::from_secs(1) > give_up {
+            return Ok(state);
+        }
+        tracing::info!(person, %state, "person busy elsewhere; waiting");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// In a dry run, what a real run would do now (the engine's outcome when it
+/// could not tell, e.g. `retrying`).
+fn planned(report: &Report) -> Outcome {
+    match report.outcome {
+        Outcome::Retrying => Outcome::Retrying,
+        _ => planned_now(report),
+    }
+}
+
+/// The dry-run plan in words, as audited and printed.
+fn plan_text(report: &Report) -> String {
+    describe(
+        planned(report),
+        None,
+        report.user_id.as_ref().map(|u| u.as_str()),
+        &report.groups_removed,
+        &report.roles_removed,
+        None,
+        report.detail.as_deref(),
+    )
+}
+
 /// The audit row of an on-demand deprovisioning: no message, no manifest; the
-/// operator is the actor.
+/// operator is the actor. A dry run's row is `dry_run` whatever it found, and
+/// says what would have been done.
 fn audit_entry(
     args: &UserArgs,
     report: &Report,
@@ -138,9 +223,17 @@ fn audit_entry(
             .map(|u| u.as_str().to_owned()),
         action: "deactivate".into(),
         status_code: report.status_code,
-        success: report.outcome.is_success(),
-        error_message: report.detail.clone(),
-        outcome: report.outcome,
+        success: report.outcome.is_success() && !args.dry_run,
+        error_message: if args.dry_run {
+            Some(plan_text(report))
+        } else {
+            report.detail.clone()
+        },
+        outcome: if args.dry_run {
+            Outcome::DryRun
+        } else {
+            report.outcome
+        },
         credential: report.credential,
         groups_removed: report.groups_removed.iter().map(|g| g.id.clone()).collect(),
         attempt: 1,
@@ -175,6 +268,10 @@ fn render_json(args: &UserArgs, report: &Report) -> anyhow::Result<String> {
             serde_json::to_value(args.external_id.as_ref().map(ExternalId::as_str))?,
         );
         obj.insert("dry_run".into(), args.dry_run.into());
+        if args.dry_run {
+            obj.insert("planned".into(), planned(report).as_str().into());
+            obj.insert("plan".into(), plan_text(report).into());
+        }
     }
     Ok(serde_json::to_string_pretty(&value)?)
 }
@@ -184,6 +281,9 @@ fn render_text(args: &UserArgs, report: &Report) -> String {
     let mut out = String::new();
     let none = "-".to_owned();
     let _ = writeln!(out, "outcome:         {}", report.outcome);
+    if args.dry_run {
+        let _ = writeln!(out, "plan:            {}", would_label(planned(report)));
+    }
     if let Some(e) = &args.external_id {
         let _ = writeln!(out, "externalId:      {e}");
     }
@@ -200,7 +300,7 @@ fn render_text(args: &UserArgs, report: &Report) -> String {
         "credential:      {}",
         report.credential.map_or("-", |c| c.as_str())
     );
-    let verb = if report.outcome == Outcome::DryRun {
+    let verb = if args.dry_run {
         "groups to leave:"
     } else {
         "groups removed: "
@@ -223,7 +323,12 @@ fn render_text(args: &UserArgs, report: &Report) -> String {
         }
     );
     if !report.roles_removed.is_empty() {
-        let _ = writeln!(out, "roles removed:   {}", report.roles_removed.join(", "));
+        let label = if args.dry_run {
+            "roles to remove:"
+        } else {
+            "roles removed:  "
+        };
+        let _ = writeln!(out, "{label} {}", report.roles_removed.join(", "));
     }
     let _ = writeln!(
         out,
