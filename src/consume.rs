@@ -848,13 +848,17 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
             reason: report.and_then(|r| r.detail.clone()),
             earlier,
         };
-        if outcome == Outcome::Scheduled
+        if (outcome == Outcome::Scheduled || planned == Some(Outcome::Scheduled))
             && let Some(t) = termination
         {
-            decision.reason = Some(format!(
+            let due = format!(
                 "not due until {}",
                 t.effective_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ));
+            );
+            decision.reason = Some(match decision.reason.take() {
+                Some(detail) => format!("{due}; {detail}"),
+                None => due,
+            });
         }
         adjust(&mut decision);
         observer(&decision);

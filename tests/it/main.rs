@@ -3,6 +3,8 @@
 //! `scripts/test.sh` starts; `support` finds them through the environment.
 
 mod audit;
+mod claims;
+mod dry_run;
 mod engine;
 mod manifest;
 mod pipeline;
