@@ -29,8 +29,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::audit::{AuditEntry, ClaimState};
 use crate::domain::{IdempotencyKey, Outcome};
-use crate::plan::{Decision, planned_now};
 use crate::engine::{Deprovision, Report, Request};
+use crate::plan::{Decision, planned_now};
 use crate::queue::{
     MAX_BATCH, MAX_DELAY, MAX_VISIBILITY, OutgoingMessage, Queue, QueueError, ReceivedMessage,
     TerminationMessage, attr, truncate,
@@ -679,8 +679,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
             return self
                 .person_busy(
                     message,
-                    "the same termination is in progress in another worker of this process"
-                        .into(),
+                    "the same termination is in progress in another worker of this process".into(),
                 )
                 .await;
         }
@@ -853,7 +852,8 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
         {
             let due = format!(
                 "not due until {}",
-                t.effective_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                t.effective_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             );
             decision.reason = Some(match decision.reason.take() {
                 Some(detail) => format!("{due}; {detail}"),
@@ -1429,7 +1429,7 @@ pub async fn replay_dead_letters<Q: Queue, A: AuditSink>(
                 if let Some(f) = failures.first() {
                     warn!(message_id = %message.message_id, code = f.code, "replayed but not deleted from the DLQ; the copy there is harmless");
                 }
-                info!(message_id = %message.message_id, reason, external_id = ?item.external_id, "replayed");
+                info!(message_id = %message.message_id, reason, external_id = item.external_id.as_deref().unwrap_or("-"), "replayed");
                 item.replayed = true;
                 report.items.push(item);
             }
@@ -1891,10 +1891,7 @@ mod tests {
         );
         assert_eq!(seen[0].user_id.as_deref(), Some("u-1"));
         let t = f.consumer.tally().snapshot();
-        assert_eq!(
-            t.would,
-            [(Outcome::Deactivated, 1), (Outcome::NotFound, 1)]
-        );
+        assert_eq!(t.would, [(Outcome::Deactivated, 1), (Outcome::NotFound, 1)]);
     }
 
     #[tokio::test]
@@ -1930,18 +1927,39 @@ mod tests {
         let step = f.consumer.handle(receive_one(&f.queue).await).await;
         match &step {
             Step::Retry { reason, delay } => {
-                assert!(reason.contains("externalId E1 is being worked on elsewhere by other"), "{reason}");
+                assert!(
+                    reason.contains("externalId E1 is being worked on elsewhere by other"),
+                    "{reason}"
+                );
                 assert!(*delay <= Duration::from_millis(BUSY_WAIT_MS.1), "{delay:?}");
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(f.engine.calls("E1"), 0, "no attempt while claimed elsewhere");
-        assert!(lock(&f.audit.rows).is_empty(), "a busy person is not an attempt");
+        assert_eq!(
+            f.engine.calls("E1"),
+            0,
+            "no attempt while claimed elsewhere"
+        );
+        assert!(
+            lock(&f.audit.rows).is_empty(),
+            "a busy person is not an attempt"
+        );
 
         lock(&f.audit.elsewhere).clear();
-        let again = f.queue.receive(1, Duration::from_secs(10)).await.unwrap().remove(0);
-        assert_eq!(f.consumer.handle(again).await, Step::Done(Outcome::Deactivated));
-        assert!(lock(&f.audit.claims).is_empty(), "the claim is released after the audit row");
+        let again = f
+            .queue
+            .receive(1, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            f.consumer.handle(again).await,
+            Step::Done(Outcome::Deactivated)
+        );
+        assert!(
+            lock(&f.audit.claims).is_empty(),
+            "the claim is released after the audit row"
+        );
     }
 
     #[tokio::test]
@@ -1955,7 +1973,9 @@ mod tests {
             idempotency_key: TerminationMessage::decode(&message.body)
                 .ok()
                 .map(|t| t.idempotency_key),
-            ..f.consumer.shared.entry(&message, None, Outcome::Deactivated, Instant::now())
+            ..f.consumer
+                .shared
+                .entry(&message, None, Outcome::Deactivated, Instant::now())
         };
         done.success = true;
         let step = {
@@ -1963,8 +1983,11 @@ mod tests {
             let termination = TerminationMessage::decode(&message.body).unwrap();
             lock(&f.audit.rows).push(done);
             f.consumer.ensure_deleter();
-            lock(&shared.inflight).insert(message.message_id.clone(), message.receipt_handle.clone());
-            shared.claimed(&message, &termination, Instant::now(), false).await
+            lock(&shared.inflight)
+                .insert(message.message_id.clone(), message.receipt_handle.clone());
+            shared
+                .claimed(&message, &termination, Instant::now(), false)
+                .await
         };
         assert_eq!(step, Step::AlreadyDone(Outcome::Deactivated));
         assert_eq!(f.engine.calls("E1"), 0);

@@ -358,10 +358,9 @@ impl Engine {
     async fn resolve(&self, s: &mut Session<'_>, subject: &Subject) -> Result<ScimUser, Stop> {
         match subject {
             Subject::ExternalId(e) => self.find_one(s, e).await,
-            Subject::UserId(id) => s
-                .get_user(id)
-                .await?
-                .ok_or_else(|| Stop::Decided(Outcome::NotFound, format!("no user has id \"{id}\""))),
+            Subject::UserId(id) => s.get_user(id).await?.ok_or_else(|| {
+                Stop::Decided(Outcome::NotFound, format!("no user has id \"{id}\""))
+            }),
             Subject::Checked {
                 user_id,
                 external_id,

@@ -109,7 +109,9 @@ pub fn describe(
     detail: Option<&str>,
 ) -> String {
     let action = |o: Outcome| -> String {
-        let user = user_id.map(|u| format!("user {u}")).unwrap_or_else(|| "the user".into());
+        let user = user_id
+            .map(|u| format!("user {u}"))
+            .unwrap_or_else(|| "the user".into());
         let mut text = match o {
             Outcome::Deactivated => format!("would deactivate {user}"),
             Outcome::AlreadyInactive => format!("{user} is already inactive"),
@@ -415,7 +417,11 @@ mod tests {
         j.record(&earlier);
         let (kept, more) = j.finish();
         let idx: Vec<_> = kept.iter().map(|d| d.index).collect();
-        assert_eq!(idx, vec![Some(3), Some(5)], "sorted by index, first two kept");
+        assert_eq!(
+            idx,
+            vec![Some(3), Some(5)],
+            "sorted by index, first two kept"
+        );
         assert_eq!(more, 1);
 
         let all = Journal::everyone();

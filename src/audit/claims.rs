@@ -203,7 +203,10 @@ mod tests {
     async fn a_claim_excludes_others_until_released() {
         let (store, _dir) = store().await;
         let lease = Duration::from_secs(60);
-        assert_eq!(store.claim("E1", "a", lease).await.unwrap(), ClaimState::Taken);
+        assert_eq!(
+            store.claim("E1", "a", lease).await.unwrap(),
+            ClaimState::Taken
+        );
         let other = store.claim("E1", "b", lease).await.unwrap();
         match &other {
             ClaimState::HeldElsewhere { owner, expires_at } => {

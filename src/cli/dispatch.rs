@@ -13,8 +13,8 @@ use anyhow::Context;
 use deprovision::audit::AuditStore;
 use deprovision::config::{AuditArgs, AwsArgs, PolicyArgs};
 use deprovision::dispatch::{DispatchOptions, Dispatcher, ManifestSource, s3_client};
-use deprovision::queue::{MemoryQueue, SqsQueue};
 use deprovision::queue::sqs::load_aws_config;
+use deprovision::queue::{MemoryQueue, SqsQueue};
 
 /// Flags of `deprovision dispatch`.
 #[derive(Debug, clap::Args)]

@@ -475,11 +475,7 @@ fn render_text(s: &Summary, decisions: &[Decision]) -> String {
                             format!(", roles {}", d.roles.join(", "))
                         }
                     ),
-                    (o, _) => format!(
-                        "{}: {}",
-                        would_label(o),
-                        d.reason.as_deref().unwrap_or("")
-                    ),
+                    (o, _) => format!("{}: {}", would_label(o), d.reason.as_deref().unwrap_or("")),
                 };
                 let _ = writeln!(
                     out,
@@ -488,7 +484,11 @@ fn render_text(s: &Summary, decisions: &[Decision]) -> String {
                     d.user_id.as_deref().unwrap_or("-"),
                 );
             }
-            more_line(&mut out, planned.len(), "run with --format json for the whole plan");
+            more_line(
+                &mut out,
+                planned.len(),
+                "run with --format json for the whole plan",
+            );
             let _ = writeln!(out);
         }
     } else if !s.not_deprovisioned.is_empty() {

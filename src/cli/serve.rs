@@ -137,6 +137,15 @@ impl Readiness {
             None => Err("no probe key".to_owned()),
         };
         ok &= db.is_ok();
+        // The claims table must exist and be writable (a database migrated by an
+        // older build, with SKIP_MIGRATIONS, would make every message retry):
+        // releasing a claim nobody holds touches no row.
+        let claims = self
+            .audit
+            .release_claim("readyz probe", "readyz probe")
+            .await
+            .map_err(|e| e.to_string());
+        ok &= claims.is_ok();
         // Reachable means it answers HTTP at all; no credentials are sent.
         let token = self
             .http
@@ -152,6 +161,7 @@ impl Readiness {
                 "ready": ok,
                 "queues": queues,
                 "database": {"ok": db.is_ok(), "error": db.err()},
+                "claims": {"ok": claims.is_ok(), "error": claims.err()},
                 "token_endpoint": {"url": self.token_endpoint.as_str(), "ok": token.is_ok(), "status": token.as_ref().ok(), "error": token.err()},
             }),
         )

@@ -22,8 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Raw, fresh_postgres, pg_url_for};
 use crate::pipeline::harness::{
-    ELEVATED, PRIMARY, aws, eventually, records, sim_config, start_sim, terminal_by_key,
-    user_id_of,
+    ELEVATED, PRIMARY, aws, eventually, records, sim_config, start_sim, terminal_by_key, user_id_of,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -125,9 +124,11 @@ async fn two_pools_deactivate_one_person_with_two_dates_exactly_once() {
     aws.send_raw(&queues.terminations, &message("CL0001", "2026-01-06", 1))
         .await;
 
-    eventually("both terminations reach a terminal outcome", LIMIT, || async {
-        terminal_by_key(&db.store).await.len() == 2
-    })
+    eventually(
+        "both terminations reach a terminal outcome",
+        LIMIT,
+        || async { terminal_by_key(&db.store).await.len() == 2 },
+    )
     .await;
     stop.cancel();
     for r in running {
@@ -187,7 +188,12 @@ async fn the_second_pool_waits_for_the_first_and_finds_the_user_inactive() {
         .await;
     let mut got = Vec::new();
     while got.len() < 2 {
-        got.extend(queue.receive(2, Duration::from_secs(2)).await.expect("receive"));
+        got.extend(
+            queue
+                .receive(2, Duration::from_secs(2))
+                .await
+                .expect("receive"),
+        );
     }
     let (second, first) = (got.pop().expect("two"), got.pop().expect("two"));
     let (x, y) = tokio::join!(a.handle(first), b.handle(second));

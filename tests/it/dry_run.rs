@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use deprovision::audit::{AuditStore, StoredRow};
 use deprovision::domain::Outcome;
-use deprovision::sim::{ResourceKind, RunningSim, Seed, SeedGroup, SeedGroupRef, SeedUser, SimConfig};
+use deprovision::sim::{
+    ResourceKind, RunningSim, Seed, SeedGroup, SeedGroupRef, SeedUser, SimConfig,
+};
 
 use crate::audit::fresh_postgres;
-use crate::pipeline::harness::{
-    ELEVATED, PRIMARY, aws, bin, env_for, eventually, start_sim,
-};
+use crate::pipeline::harness::{ELEVATED, PRIMARY, aws, bin, env_for, eventually, start_sim};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -127,10 +127,15 @@ async fn run(args: &[&str], env: &[(String, String)]) -> (Option<i32>, String) {
 /// groups (token requests are POSTs to `/oauth/token`, a different kind).
 fn mutations(sim: &RunningSim) -> u64 {
     let stats = sim.stats();
-    [ResourceKind::Users, ResourceKind::User, ResourceKind::Groups, ResourceKind::Group]
-        .into_iter()
-        .flat_map(|k| ["PATCH", "PUT", "POST", "DELETE"].map(|m| stats.count(k, m)))
-        .sum()
+    [
+        ResourceKind::Users,
+        ResourceKind::User,
+        ResourceKind::Groups,
+        ResourceKind::Group,
+    ]
+    .into_iter()
+    .flat_map(|k| ["PATCH", "PUT", "POST", "DELETE"].map(|m| stats.count(k, m)))
+    .sum()
 }
 
 /// (active, groups) of every seeded user.
@@ -174,13 +179,14 @@ async fn run_dry_run_plans_everyone_changes_nothing_and_a_real_run_follows() {
     let env = env_of(&sim, &db.url);
     let before = snapshot(&sim);
 
-    let (code, out) = run(
-        &["run", &path_text, "--dry-run", "--format", "json"],
-        &env,
-    )
-    .await;
+    let (code, out) = run(&["run", &path_text, "--dry-run", "--format", "json"], &env).await;
     assert_eq!(code, Some(0), "{out}");
-    assert_eq!(mutations(&sim), 0, "a dry run sent a mutating request: {:?}", sim.stats());
+    assert_eq!(
+        mutations(&sim),
+        0,
+        "a dry run sent a mutating request: {:?}",
+        sim.stats()
+    );
     assert_eq!(snapshot(&sim), before, "a dry run changed the directory");
 
     let plan: serde_json::Value = serde_json::from_str(&out).expect("plan JSON");
@@ -191,7 +197,11 @@ async fn run_dry_run_plans_everyone_changes_nothing_and_a_real_run_follows() {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(&bytes))
     };
-    assert_eq!(plan["manifest"]["sha256"], sha.as_str(), "the digest of the file planned");
+    assert_eq!(
+        plan["manifest"]["sha256"],
+        sha.as_str(),
+        "the digest of the file planned"
+    );
     insta::assert_snapshot!(
         "run_dry_run_plan",
         normalized(&plan, &future, &path_text, &sim)
@@ -233,7 +243,11 @@ async fn run_dry_run_plans_everyone_changes_nothing_and_a_real_run_follows() {
     assert!(sim.user("u-3").expect("u-3").groups.is_empty());
     assert!(sim.user("u-6").expect("u-6").active, "not before its date");
     assert!(out.contains("not deprovisioned (needs review):"), "{out}");
-    for (id, outcome) in [("DR4", "not_found"), ("DR5", "ambiguous"), ("DR6", "scheduled")] {
+    for (id, outcome) in [
+        ("DR4", "not_found"),
+        ("DR5", "ambiguous"),
+        ("DR6", "scheduled"),
+    ] {
         let line = out
             .lines()
             .find(|l| l.trim_start().starts_with(id))
@@ -329,7 +343,9 @@ async fn the_text_dry_run_names_the_planned_action_not_dry_run() {
         assert!(out.contains(&expected), "missing {expected:?}:\n{out}");
     }
     assert!(
-        out.contains(&format!("scheduled for {future}T00:00:00Z; when due: would deactivate")),
+        out.contains(&format!(
+            "scheduled for {future}T00:00:00Z; when due: would deactivate"
+        )),
         "{out}"
     );
 }
@@ -386,7 +402,11 @@ async fn dispatch_dry_run_validates_and_enqueues_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("local.ndjson");
     std::fs::write(&path, manifest(&future)).expect("write");
-    let (code, out) = run(&["dispatch", &path.display().to_string(), "--dry-run"], &env).await;
+    let (code, out) = run(
+        &["dispatch", &path.display().to_string(), "--dry-run"],
+        &env,
+    )
+    .await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("\"would_enqueue\": 6"), "{out}");
     assert_eq!(aws.depth(&queues.terminations).await, 0);
@@ -410,7 +430,11 @@ async fn user_dry_run_prints_and_audits_the_plan() {
     let store = AuditStore::connect(&url).await.expect("store");
     let audited = rows(&store).await;
     let outcomes: Vec<Outcome> = audited.iter().map(|r| r.entry.outcome).collect();
-    assert_eq!(outcomes, [Outcome::DryRun, Outcome::DryRun], "even not_found is only a plan");
+    assert_eq!(
+        outcomes,
+        [Outcome::DryRun, Outcome::DryRun],
+        "even not_found is only a plan"
+    );
     assert_eq!(
         audited[1].entry.error_message.as_deref(),
         Some("dry run: would be not_found: no user, active or inactive, has externalId \"DR4\"")
@@ -464,5 +488,9 @@ async fn serve_dry_run_plans_what_it_consumes_and_changes_nothing() {
             .all(|r| r.entry.outcome == Outcome::DryRun)
     );
     assert_eq!(aws.depth(&queues.terminations).await, 0);
-    assert_eq!(aws.depth(&queues.dead_letter).await, 0, "a plan dead-letters nobody");
+    assert_eq!(
+        aws.depth(&queues.dead_letter).await,
+        0,
+        "a plan dead-letters nobody"
+    );
 }
