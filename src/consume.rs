@@ -646,11 +646,10 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                 info!(effective_at = %termination.effective_at, "not yet due; recorded as scheduled");
                 let mut entry =
                     self.entry(message, Some(&termination), Outcome::Scheduled, started);
-                let reason = format!(
+                entry.error_message = Some(format!(
                     "not due until {}; nothing was changed",
                     termination.effective_at.to_rfc3339()
-                );
-                entry.error_message = Some(reason.clone());
+                ));
                 let step = match self.audit.append(&entry).await {
                     Ok(_) => match self.delete(message).await {
                         Ok(()) => Step::Deferred {
@@ -663,9 +662,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                             .await
                     }
                 };
-                self.notify(&step, Some(&termination), None, |d| {
-                    d.reason = Some(reason);
-                });
+                self.notify(&step, Some(&termination), None, |_| {});
                 return step;
             }
             info!(effective_at = %termination.effective_at, "not yet due; holding");
