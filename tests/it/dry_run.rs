@@ -68,7 +68,7 @@ fn directory() -> SimConfig {
 
 /// A date a few weeks ahead (never more than any sane `MAX_FUTURE_DAYS`).
 fn future_date() -> String {
-    (chrono::Utc::now().date_naive() + chrono::Days::new(21))
+    (chrono::Utc::now().date_naive() + chrono::Days::new(7))
         .format("%Y-%m-%d")
         .to_string()
 }
