@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::audit::AuditEntry;
 use crate::domain::{IdempotencyKey, Outcome};
@@ -154,6 +154,108 @@ pub enum Step {
     /// the message will be received again and the audit check makes that
     /// harmless.
     QueueFailed(String),
+}
+
+impl Step {
+    /// The outcome this step counts as (design.md, "Outcomes"): the terminal
+    /// outcome, `dry_run`, `retrying` for a message returned to the queue,
+    /// `scheduled` for one not yet due. `None` for a redelivery of finished work
+    /// and for a step that could not finish its queue call: neither is a new
+    /// outcome of the termination.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self {
+            Step::Done(o) | Step::DeadLettered(o) => Some(*o),
+            Step::DryRun(_) => Some(Outcome::DryRun),
+            Step::Retry { .. } => Some(Outcome::Retrying),
+            Step::NotDue { .. } | Step::Deferred { .. } => Some(Outcome::Scheduled),
+            Step::AlreadyDone(_) | Step::QueueFailed(_) => None,
+        }
+    }
+
+    /// The step's name in logs: `done`, `dead_lettered`, `already_done`,
+    /// `retry`, `not_due`, `deferred`, `dry_run` or `queue_failed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Done(_) => "done",
+            Step::DeadLettered(_) => "dead_lettered",
+            Step::AlreadyDone(_) => "already_done",
+            Step::Retry { .. } => "retry",
+            Step::NotDue { .. } => "not_due",
+            Step::Deferred { .. } => "deferred",
+            Step::DryRun(_) => "dry_run",
+            Step::QueueFailed(_) => "queue_failed",
+        }
+    }
+}
+
+/// The `termination` span of a received message, continuing the dispatcher's
+/// trace, with the message's queue lag recorded.
+fn termination_span(message: &ReceivedMessage) -> tracing::Span {
+    crate::telemetry::observe_received(
+        crate::telemetry::QueueKind::Terminations,
+        message.sent_at,
+    );
+    crate::telemetry::termination_span(
+        &message.message_id,
+        message.receive_count,
+        &message.attributes,
+    )
+}
+
+/// Closes a termination's span: counts its outcome and writes its one final log
+/// line (message id, externalId, idempotency key, outcome, step and reason).
+fn finish(span: &tracing::Span, message: &ReceivedMessage, step: &Step) {
+    let outcome = step.outcome();
+    if let Some(o) = outcome {
+        crate::telemetry::metrics().record_outcome(o);
+    }
+    let shown = match step {
+        Step::AlreadyDone(previous) => previous.as_str(),
+        _ => outcome.map_or("none", Outcome::as_str),
+    };
+    span.record("outcome", shown);
+    let reason = match step {
+        Step::Retry { reason, .. } => Some(reason.as_str()),
+        Step::QueueFailed(error) => Some(error.as_str()),
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        span.record("reason", truncate(reason, 1000));
+    }
+    if matches!(step, Step::DeadLettered(_) | Step::QueueFailed(_)) {
+        span.record("otel.status_code", "ERROR");
+    }
+    let decoded = TerminationMessage::decode(&message.body).ok();
+    let external_id = decoded
+        .as_ref()
+        .map(|t| t.record.external_id.as_str().to_owned())
+        .or_else(|| raw_external_id(&message.body));
+    let key = decoded.as_ref().map(|t| t.idempotency_key.as_str());
+    span.in_scope(|| {
+        if matches!(step, Step::DeadLettered(_) | Step::QueueFailed(_)) {
+            warn!(
+                message_id = %message.message_id,
+                external_id,
+                idempotency_key = key,
+                attempt = message.receive_count,
+                outcome = shown,
+                step = step.kind(),
+                reason,
+                "termination finished"
+            );
+        } else {
+            info!(
+                message_id = %message.message_id,
+                external_id,
+                idempotency_key = key,
+                attempt = message.receive_count,
+                outcome = shown,
+                step = step.kind(),
+                reason,
+                "termination finished"
+            );
+        }
+    });
 }
 
 /// Running counts, readable while the pool runs (progress bars) and at the end.
@@ -450,9 +552,11 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Consumer<Q, E, A> {
         self.ensure_deleter();
         lock(&self.shared.inflight)
             .insert(message.message_id.clone(), message.receipt_handle.clone());
-        let step = self.shared.step(&message).await;
+        let span = termination_span(&message);
+        let step = self.shared.step(&message).instrument(span.clone()).await;
         lock(&self.shared.inflight).remove(&message.message_id);
         self.shared.tally.record(&step);
+        finish(&span, &message, &step);
         step
     }
 
@@ -488,13 +592,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
     /// One message, in its worker task: the step, with the visibility extended
     /// while it runs.
     async fn work(self: Arc<Self>, message: ReceivedMessage, permit: OwnedSemaphorePermit) {
-        let span = info_span!(
-            "termination",
-            message_id = %message.message_id,
-            receive_count = message.receive_count,
-            external_id = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
+        let span = termination_span(&message);
         let step = async {
             tokio::select! {
                 biased;
@@ -506,7 +604,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
         .await;
         lock(&self.inflight).remove(&message.message_id);
         self.tally.record(&step);
-        span.in_scope(|| info!(?step, "message handled"));
+        finish(&span, &message, &step);
         drop(permit);
     }
 
@@ -557,6 +655,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
             }
         };
         tracing::Span::current().record("external_id", termination.record.external_id.as_str());
+        tracing::Span::current().record("idempotency_key", termination.idempotency_key.as_str());
         let key = termination.idempotency_key.clone();
 
         match self.audit.latest_terminal_outcome(&key).await {
@@ -643,7 +742,6 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
         report: &Report,
         started: Instant,
     ) -> Step {
-        tracing::Span::current().record("outcome", report.outcome.as_str());
         let mut entry = self.entry(message, Some(termination), report.outcome, started);
         entry.user_id = report.user_id.as_ref().map(|u| u.as_str().to_owned());
         entry.status_code = report.status_code;
@@ -677,10 +775,16 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
         match report.outcome {
             o if o.is_terminal() && !o.is_dead_lettered() => {
                 match self.audit.append(&entry).await {
-                    Ok(_) => match self.delete(message).await {
-                        Ok(()) => Step::Done(o),
-                        Err(e) => Step::QueueFailed(e),
-                    },
+                    Ok(_) => {
+                        if o == Outcome::Deactivated {
+                            crate::telemetry::metrics()
+                                .record_deactivation_delay(termination.effective_at, Utc::now());
+                        }
+                        match self.delete(message).await {
+                            Ok(()) => Step::Done(o),
+                            Err(e) => Step::QueueFailed(e),
+                        }
+                    }
                     Err(e) => self.audit_failed(message, entry, e.to_string()).await,
                 }
             }
@@ -806,6 +910,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                     .await;
             }
         }
+        tracing::Span::current().record("reason", truncate(reason, 1000));
         warn!(%outcome, reason, "dead-lettered");
         if let Err(e) = self.audit.append(&entry).await {
             // The DLQ holds the copy; leaving the original too means a second copy

@@ -23,7 +23,7 @@ use chrono_tz::Tz;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument as _, error, info, warn};
 
 use crate::audit::{AuditEntry, ManifestOrigin};
 use crate::consume::AuditSink;
@@ -389,12 +389,33 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
     /// Dispatches one manifest: validates it whole, then enqueues every valid,
     /// distinct termination and audits every rejected record and the manifest.
     /// A manifest rejected whole is audited and reported (`rejected_file`), not
-    /// an error. `attempt` is recorded in the audit rows.
+    /// an error. `attempt` is recorded in the audit rows. Runs in one `dispatch`
+    /// span whose trace context every message carries in its attributes.
     pub async fn dispatch(
         &self,
         source: &ManifestSource,
         attempt: u32,
     ) -> Result<DispatchReport, DispatchError> {
+        let span = crate::telemetry::dispatch_span(&source.name(), attempt);
+        let result = self
+            .dispatch_in(source, attempt, &span)
+            .instrument(span.clone())
+            .await;
+        if let Ok(report) = &result {
+            span.record("enqueued", report.enqueued);
+            span.record("rejected", report.summary.rejected);
+        }
+        result
+    }
+
+    async fn dispatch_in(
+        &self,
+        source: &ManifestSource,
+        attempt: u32,
+        span: &tracing::Span,
+    ) -> Result<DispatchReport, DispatchError> {
+        let mut trace = std::collections::BTreeMap::new();
+        crate::telemetry::inject_into(span, &mut trace);
         let name = source.name();
         let hint = source.hint();
         let (reader, pin) = self.open(source, None).await?;
@@ -459,6 +480,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                     );
                     batch.push(OutgoingMessage {
                         body: message.encode(),
+                        attributes: trace.clone(),
                         ..OutgoingMessage::default()
                     });
                     if batch.len() == MAX_BATCH {
@@ -641,6 +663,10 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                 }
             };
             for message in messages {
+                crate::telemetry::observe_received(
+                    crate::telemetry::QueueKind::ManifestEvents,
+                    message.sent_at,
+                );
                 if shutdown.is_cancelled() {
                     let _ = events
                         .change_visibility(&message.receipt_handle, Duration::ZERO)

@@ -14,6 +14,7 @@
 //! everything else reaches it through arguments.
 
 mod health;
+mod instrument;
 mod metrics;
 mod propagation;
 
@@ -31,7 +32,13 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 pub use health::{HealthError, health_router, health_router_with, probe_health};
 pub use metrics::{Metrics, QueueKind, ScimResource, metrics};
-pub use propagation::{extract_context, inject_context, inject_context_from, set_parent};
+pub use instrument::{
+    dispatch_span, finish_rate_limit, finish_scim_request, observe_received, rate_limit_span,
+    scim_request_span, termination_span,
+};
+pub use propagation::{
+    extract_context, inject_context, inject_context_from, inject_into, set_parent, set_parent_from,
+};
 
 /// The instrumentation scope and default `service.name`.
 const SERVICE: &str = "deprovision";
@@ -364,25 +371,27 @@ pub fn init_with(format: LogFormat, export: OtlpExport) -> TelemetryGuard {
         Ok(telemetry) => (Some(telemetry), None),
         Err(e) => (Telemetry::build(&OtlpExport::off()).ok(), Some(e)),
     };
+    // `RUST_LOG` chooses what is logged, not what is traced: each log layer has
+    // its own filter, and spans at `info` reach the exporter even when the log
+    // level is `warn`.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let text = (format == LogFormat::Text).then(|| {
-        tracing_subscriber::fmt::layer()
+    let log = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
-            .boxed()
-    });
-    let json = (format == LogFormat::Json).then(|| {
-        tracing_subscriber::fmt::layer()
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .with_writer(std::io::stderr)
-            .boxed()
+            .boxed(),
+    }
+    .with_filter(filter);
+    let otel = telemetry.as_ref().and_then(|t| t.otel_layer()).map(|layer| {
+        layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
-    let otel = telemetry.as_ref().and_then(|t| t.otel_layer());
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(text)
-        .with(json)
+        .with(log)
         .with(otel)
         .try_init();
 

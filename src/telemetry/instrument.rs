@@ -1,0 +1,141 @@
+//! The spans the pipeline opens and the measurements taken when they close, in
+//! one place so that their names and fields stay the same wherever they are
+//! opened: one span per dispatched manifest, per termination (continuing the
+//! dispatcher's trace from the message attributes), per SCIM HTTP request and per
+//! rate-limiter wait.
+//!
+//! Field names follow OpenTelemetry's semantic conventions where one exists
+//! (`http.request.method`, `http.response.status_code`, `messaging.message.id`)
+//! and `otel.kind` / `otel.status_code` are tracing-opentelemetry's special
+//! fields. Never given a URL with a query, a header, a token or a secret: the
+//! SCIM span carries a route template, not the request URL.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tracing::field::Empty;
+
+use super::metrics::{QueueKind, ScimResource, metrics};
+use crate::domain::Credential;
+
+/// The span of one dispatched manifest (`dispatch`), a trace root: S3 event
+/// notifications carry no trace context. `manifest` is the source's name
+/// (`s3://bucket/key` or a path); `enqueued` and `rejected` are recorded at the
+/// end. Its context travels with every message it sends ([`super::inject_into`]).
+pub fn dispatch_span(manifest: &str, attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        "dispatch",
+        otel.kind = "producer",
+        manifest,
+        attempt,
+        enqueued = Empty,
+        rejected = Empty,
+    )
+}
+
+/// The span of one received termination message (`termination`), a child of
+/// the dispatcher's span when `attributes` carry W3C Trace Context. `attempt` is
+/// the queue's receive count. `external_id`, `idempotency_key`, `outcome` and
+/// `reason` are recorded as they become known.
+pub fn termination_span(
+    message_id: &str,
+    attempt: u32,
+    attributes: &BTreeMap<String, String>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "termination",
+        otel.kind = "consumer",
+        otel.status_code = Empty,
+        message_id,
+        attempt,
+        external_id = Empty,
+        idempotency_key = Empty,
+        outcome = Empty,
+        reason = Empty,
+    );
+    super::set_parent_from(&span, attributes);
+    span
+}
+
+/// The span of one SCIM HTTP request (`scim.request`; every attempt of a
+/// retried request is its own span). `route` is the request's template, e.g.
+/// `PATCH /Users/{id}`; status and `ININ-Correlation-Id` are recorded by
+/// [`finish_scim_request`].
+pub fn scim_request_span(
+    method: &reqwest::Method,
+    route: &'static str,
+    credential: Credential,
+    attempt: u32,
+) -> tracing::Span {
+    tracing::info_span!(
+        "scim.request",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        http.request.method = method.as_str(),
+        http.route = route,
+        credential = credential.as_str(),
+        attempt,
+        http.response.status_code = Empty,
+        correlation_id = Empty,
+    )
+}
+
+/// Closes the measurements of one SCIM HTTP request: records `status` (`None`:
+/// no response, e.g. a timeout) and the correlation id on `span`, its latency in
+/// the SCIM latency histogram, and a 429 in the throttled counter.
+pub fn finish_scim_request(
+    span: &tracing::Span,
+    method: &reqwest::Method,
+    resource: ScimResource,
+    credential: Credential,
+    status: Option<u16>,
+    correlation_id: Option<&str>,
+    elapsed: Duration,
+) {
+    match status {
+        Some(code) => {
+            span.record("http.response.status_code", code);
+            // OpenTelemetry HTTP client convention: 4xx and 5xx are errors.
+            if code >= 400 {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        None => {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    if let Some(id) = correlation_id {
+        span.record("correlation_id", id);
+    }
+    let m = metrics();
+    m.record_scim_request(method, resource, status, elapsed);
+    if status == Some(429) {
+        m.record_throttled(credential);
+    }
+}
+
+/// The span of one wait for the shared rate limiter (`rate_limit.wait`).
+pub fn rate_limit_span() -> tracing::Span {
+    tracing::info_span!("rate_limit.wait", waited_ms = Empty)
+}
+
+/// Records how long a request waited for the limiter, on `span` and in the
+/// rate-limiter wait histogram.
+pub fn finish_rate_limit(span: &tracing::Span, waited: Duration) {
+    span.record(
+        "waited_ms",
+        u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+    );
+    metrics().record_rate_limit_wait(waited);
+}
+
+/// Records the queue lag of a message received from `queue`: now minus the
+/// time the queue accepted it (SQS `SentTimestamp`). Nothing when the queue did
+/// not say; a send time in the future (clock skew) counts as zero.
+pub fn observe_received(queue: QueueKind, sent_at: Option<DateTime<Utc>>) {
+    if let Some(sent_at) = sent_at {
+        let lag = (Utc::now() - sent_at).to_std().unwrap_or_default();
+        metrics().record_queue_lag(queue, lag);
+    }
+}
