@@ -191,10 +191,7 @@ impl Step {
 /// The `termination` span of a received message, continuing the dispatcher's
 /// trace, with the message's queue lag recorded.
 fn termination_span(message: &ReceivedMessage) -> tracing::Span {
-    crate::telemetry::observe_received(
-        crate::telemetry::QueueKind::Terminations,
-        message.sent_at,
-    );
+    crate::telemetry::observe_received(crate::telemetry::QueueKind::Terminations, message.sent_at);
     crate::telemetry::termination_span(
         &message.message_id,
         message.receive_count,

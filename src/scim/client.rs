@@ -291,7 +291,11 @@ impl ScimClient {
         let users = self.inner.users.path();
         let with_id = |base: &str| url.path().len() > base.trim_end_matches('/').len();
         if url.path().starts_with(users) {
-            let route = if with_id(users) { "/Users/{id}" } else { "/Users" };
+            let route = if with_id(users) {
+                "/Users/{id}"
+            } else {
+                "/Users"
+            };
             (ScimResource::Users, route)
         } else {
             let groups = self.inner.groups.path();
@@ -480,12 +484,8 @@ impl Session<'_> {
                 request = request.header(IF_MATCH, version);
             }
             let (resource, route) = self.client.route(&call.url);
-            let span = crate::telemetry::scim_request_span(
-                &call.method,
-                route,
-                self.credential,
-                attempts,
-            );
+            let span =
+                crate::telemetry::scim_request_span(&call.method, route, self.credential, attempts);
             let sent = Instant::now();
             let outcome = async {
                 tracing::debug!(op = %call.op, credential = self.credential.as_str(), attempt = attempts, "SCIM request");
@@ -964,11 +964,31 @@ mod tests {
         assert!(genesys.is_genesys() && !genesys.has_elevated());
         let url = |s: &str| Url::parse(s).unwrap();
         for (client, request, route) in [
-            (&genesys, "https://api.mypurecloud.de/api/v2/scim/v2/users?filter=x", "/Users"),
-            (&genesys, "https://api.mypurecloud.de/api/v2/scim/v2/users/u-1", "/Users/{id}"),
-            (&genesys, "https://api.mypurecloud.de/api/v2/scim/v2/groups/g%201", "/Groups/{id}"),
-            (&generic, "http://127.0.0.1:9/tenant-1/Groups?filter=y", "/Groups"),
-            (&generic, "http://127.0.0.1:9/tenant-1/Users/a", "/Users/{id}"),
+            (
+                &genesys,
+                "https://api.mypurecloud.de/api/v2/scim/v2/users?filter=x",
+                "/Users",
+            ),
+            (
+                &genesys,
+                "https://api.mypurecloud.de/api/v2/scim/v2/users/u-1",
+                "/Users/{id}",
+            ),
+            (
+                &genesys,
+                "https://api.mypurecloud.de/api/v2/scim/v2/groups/g%201",
+                "/Groups/{id}",
+            ),
+            (
+                &generic,
+                "http://127.0.0.1:9/tenant-1/Groups?filter=y",
+                "/Groups",
+            ),
+            (
+                &generic,
+                "http://127.0.0.1:9/tenant-1/Users/a",
+                "/Users/{id}",
+            ),
         ] {
             assert_eq!(client.route(&url(request)).1, route, "{request}");
         }

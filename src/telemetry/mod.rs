@@ -2,9 +2,12 @@
 //! metrics exported over OTLP/HTTP when the standard `OTEL_*` variables ask for it
 //! (and not otherwise), the metrics facade the rest of the crate records through
 //! ([`metrics()`]), the Prometheus text rendering of those metrics and the
-//! `/healthz` + `/metrics` router ([`health_router`]), and W3C trace-context
-//! propagation through queue message attributes ([`inject_context`],
-//! [`extract_context`]).
+//! `/healthz` + `/metrics` router ([`health_router`]), W3C trace-context
+//! propagation through queue message attributes ([`inject_into`],
+//! [`set_parent_from`]), and the pipeline's spans with the measurements taken
+//! when they close ([`dispatch_span`], [`termination_span`],
+//! [`scim_request_span`], [`rate_limit_span`]), which `dispatch`, `consume`,
+//! `scim` and `limit` open so that one manifest's work is one trace.
 //!
 //! Owns no business logic and never formats secrets: secret types redact
 //! themselves, and the OTLP headers (which may carry a collector's API key) are read
@@ -31,11 +34,11 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 pub use health::{HealthError, health_router, health_router_with, probe_health};
-pub use metrics::{Metrics, QueueKind, ScimResource, metrics};
 pub use instrument::{
     dispatch_span, finish_rate_limit, finish_scim_request, observe_received, rate_limit_span,
     scim_request_span, termination_span,
 };
+pub use metrics::{Metrics, QueueKind, ScimResource, metrics};
 pub use propagation::{
     extract_context, inject_context, inject_context_from, inject_into, set_parent, set_parent_from,
 };
@@ -387,9 +390,10 @@ pub fn init_with(format: LogFormat, export: OtlpExport) -> TelemetryGuard {
             .boxed(),
     }
     .with_filter(filter);
-    let otel = telemetry.as_ref().and_then(|t| t.otel_layer()).map(|layer| {
-        layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO)
-    });
+    let otel = telemetry
+        .as_ref()
+        .and_then(|t| t.otel_layer())
+        .map(|layer| layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO));
     let _ = tracing_subscriber::registry()
         .with(log)
         .with(otel)

@@ -10,3 +10,4 @@ mod report;
 mod sim;
 mod support;
 mod telemetry;
+mod telemetry_e2e;
