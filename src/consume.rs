@@ -868,7 +868,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                 }
             };
         }
-        let copy = OutgoingMessage {
+        let mut copy = OutgoingMessage {
             body: message.body.clone(),
             attributes: [
                 (attr::REASON.to_owned(), outcome.as_str().to_owned()),
@@ -886,6 +886,9 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
             .collect(),
             delay: Duration::ZERO,
         };
+        // A replay (which keeps the attributes) then continues this trace, under
+        // the termination that dead-lettered it.
+        crate::telemetry::inject_into(&tracing::Span::current(), &mut copy.attributes);
         match self
             .dead_letter
             .send_batch(std::slice::from_ref(&copy))

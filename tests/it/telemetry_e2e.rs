@@ -325,6 +325,21 @@ async fn a_served_manifest_is_one_trace_from_dispatch_to_scim_and_its_metrics_ar
     }
     assert_eq!(received.spans()[0].1["service.name"], "deprovision-e2e");
 
+    // The dead letter carries the trace on, under the termination that
+    // dead-lettered it, so a replay joins this trace.
+    let forbidden = terminations
+        .iter()
+        .find(|t| attributes(&t.attributes)["external_id"] == "TE0003")
+        .expect("TE0003's span");
+    let dead = aws.peek_all(&queues.dead_letter).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].1.get("traceparent"),
+        Some(&format!("00-{}-{}-01", hex(trace), hex(&forbidden.span_id))),
+        "{:?}",
+        dead[0].1
+    );
+
     let metrics = last_metrics(&received.metrics.lock().unwrap().clone());
     let get = |name: &str| {
         metrics
