@@ -1,8 +1,8 @@
 //! The spans the pipeline opens and the measurements taken when they close, in
 //! one place so that their names and fields stay the same wherever they are
 //! opened: one span per dispatched manifest, per termination (continuing the
-//! dispatcher's trace from the message attributes), per SCIM HTTP request and per
-//! rate-limiter wait.
+//! dispatcher's trace from the message attributes), per SCIM HTTP request, per
+//! OAuth token request and per rate-limiter wait.
 //!
 //! Field names follow OpenTelemetry's semantic conventions where one exists
 //! (`http.request.method`, `http.response.status_code`, `messaging.message.id`)
@@ -112,6 +112,33 @@ pub fn finish_scim_request(
     m.record_scim_request(method, resource, status, elapsed);
     if status == Some(429) {
         m.record_throttled(credential);
+    }
+}
+
+/// The span of one OAuth token request (`oauth.token`) of the client
+/// `client_id` (not a secret); the status is recorded by [`finish_token_request`].
+pub fn token_request_span(client_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        "oauth.token",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        client_id,
+        http.response.status_code = Empty,
+    )
+}
+
+/// Records a token request's status (`None`: no response) on its span.
+pub fn finish_token_request(span: &tracing::Span, status: Option<u16>) {
+    match status {
+        Some(code) => {
+            span.record("http.response.status_code", code);
+            if code >= 400 {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        None => {
+            span.record("otel.status_code", "ERROR");
+        }
     }
 }
 

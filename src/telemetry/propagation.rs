@@ -51,7 +51,12 @@ struct Attributes<'a>(&'a mut BTreeMap<String, String>);
 
 impl Injector for Attributes<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value);
+        // The propagator writes an empty `tracestate` when there is none; SQS
+        // refuses empty attribute values, and each attribute counts against
+        // SQS's ten per message.
+        if !value.is_empty() {
+            self.0.insert(key.to_owned(), value);
+        }
     }
 }
 
@@ -143,6 +148,7 @@ mod tests {
             (sender, inject_context())
         });
         assert_eq!(attributes["deprovision.signature"], "sig");
+        assert!(!attributes.contains_key("tracestate"), "{attributes:?}");
         let traceparent = &attributes["traceparent"];
         assert_eq!(
             traceparent,

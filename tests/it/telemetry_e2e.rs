@@ -305,6 +305,27 @@ async fn a_served_manifest_is_one_trace_from_dispatch_to_scim_and_its_metrics_ar
             ("TE0003".to_owned(), "forbidden".to_owned()),
         ])
     );
+    // Each OAuth client fetched its token once, inside a termination's trace.
+    let tokens: Vec<HashMap<String, String>> = named("oauth.token")
+        .into_iter()
+        .map(|t| {
+            assert_eq!(&t.trace_id, trace);
+            let parent = &spans_by_id[&hex(&t.parent_span_id)].0;
+            assert_eq!(parent.name, "deprovision");
+            attributes(&t.attributes)
+        })
+        .collect();
+    let mut clients: Vec<(&str, &str)> = tokens
+        .iter()
+        .map(|t| {
+            (
+                t["client_id"].as_str(),
+                t["http.response.status_code"].as_str(),
+            )
+        })
+        .collect();
+    clients.sort();
+    assert_eq!(clients, [(ELEVATED.0, "200"), (PRIMARY.0, "200")]);
     // Nothing of this run escaped the trace (the S3 test event and the SQS
     // long polls open no spans).
     for span in &spans {
@@ -652,6 +673,15 @@ async fn no_secret_appears_in_logs_errors_spans_or_debug_output_of_a_traced_run(
     // Spans of all four processes.
     let traced = received.traces.lock().unwrap().clone();
     assert!(!traced.is_empty(), "spans were exported");
+    assert!(
+        received.spans().iter().any(|(s, _)| {
+            let a = attributes(&s.attributes);
+            s.name == "oauth.token"
+                && a.get("client_id").map(String::as_str) == Some(PRIMARY.0)
+                && a.get("http.response.status_code").map(String::as_str) == Some("401")
+        }),
+        "the refused token request is a span"
+    );
     for body in &traced {
         let text = String::from_utf8_lossy(body);
         secrets.assert_absent("an exported span", &text);
