@@ -191,68 +191,43 @@ impl Step {
 /// The `termination` span of a received message, continuing the dispatcher's
 /// trace, with the message's queue lag recorded.
 fn termination_span(message: &ReceivedMessage) -> tracing::Span {
-    crate::telemetry::observe_received(crate::telemetry::QueueKind::Terminations, message.sent_at);
     crate::telemetry::termination_span(
         &message.message_id,
         message.receive_count,
         &message.attributes,
+        message.sent_at,
     )
 }
 
-/// Closes a termination's span: counts its outcome and writes its one final log
-/// line (message id, externalId, idempotency key, outcome, step and reason).
+/// Closes a termination's span: its outcome counted, its one final log line.
 fn finish(span: &tracing::Span, message: &ReceivedMessage, step: &Step) {
-    let outcome = step.outcome();
-    if let Some(o) = outcome {
-        crate::telemetry::metrics().record_outcome(o);
-    }
-    let shown = match step {
-        Step::AlreadyDone(previous) => previous.as_str(),
-        _ => outcome.map_or("none", Outcome::as_str),
-    };
-    span.record("outcome", shown);
-    let reason = match step {
-        Step::Retry { reason, .. } => Some(reason.as_str()),
-        Step::QueueFailed(error) => Some(error.as_str()),
-        _ => None,
-    };
-    if let Some(reason) = reason {
-        span.record("reason", truncate(reason, 1000));
-    }
-    if matches!(step, Step::DeadLettered(_) | Step::QueueFailed(_)) {
-        span.record("otel.status_code", "ERROR");
-    }
     let decoded = TerminationMessage::decode(&message.body).ok();
     let external_id = decoded
         .as_ref()
         .map(|t| t.record.external_id.as_str().to_owned())
         .or_else(|| raw_external_id(&message.body));
-    let key = decoded.as_ref().map(|t| t.idempotency_key.as_str());
-    span.in_scope(|| {
-        if matches!(step, Step::DeadLettered(_) | Step::QueueFailed(_)) {
-            warn!(
-                message_id = %message.message_id,
-                external_id,
-                idempotency_key = key,
-                attempt = message.receive_count,
-                outcome = shown,
-                step = step.kind(),
-                reason,
-                "termination finished"
-            );
-        } else {
-            info!(
-                message_id = %message.message_id,
-                external_id,
-                idempotency_key = key,
-                attempt = message.receive_count,
-                outcome = shown,
-                step = step.kind(),
-                reason,
-                "termination finished"
-            );
-        }
-    });
+    let counted = step.outcome();
+    crate::telemetry::finish_termination(
+        span,
+        &crate::telemetry::TerminationEnd {
+            message_id: &message.message_id,
+            attempt: message.receive_count,
+            external_id: external_id.as_deref(),
+            idempotency_key: decoded.as_ref().map(|t| t.idempotency_key.as_str()),
+            counted,
+            shown: match step {
+                Step::AlreadyDone(previous) => Some(*previous),
+                _ => counted,
+            },
+            step: step.kind(),
+            reason: match step {
+                Step::Retry { reason, .. } => Some(reason.as_str()),
+                Step::QueueFailed(error) => Some(error.as_str()),
+                _ => None,
+            },
+            failed: matches!(step, Step::DeadLettered(_) | Step::QueueFailed(_)),
+        },
+    );
 }
 
 /// Running counts, readable while the pool runs (progress bars) and at the end.

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use tracing::field::Empty;
 
 use super::metrics::{QueueKind, ScimResource, metrics};
-use crate::domain::Credential;
+use crate::domain::{Credential, Outcome};
 
 /// The span of one dispatched manifest (`dispatch`), a trace root: S3 event
 /// notifications carry no trace context. `manifest` is the source's name
@@ -36,13 +36,17 @@ pub fn dispatch_span(manifest: &str, attempt: u32) -> tracing::Span {
 
 /// The span of one received termination message (`termination`), a child of
 /// the dispatcher's span when `attributes` carry W3C Trace Context. `attempt` is
-/// the queue's receive count. `external_id`, `idempotency_key`, `outcome` and
-/// `reason` are recorded as they become known.
+/// the queue's receive count; `sent_at` (SQS `SentTimestamp`) gives the
+/// terminations queue's lag. `external_id`, `idempotency_key`, `outcome` and
+/// `reason` are recorded as they become known, the rest by
+/// [`finish_termination`].
 pub fn termination_span(
     message_id: &str,
     attempt: u32,
     attributes: &BTreeMap<String, String>,
+    sent_at: Option<DateTime<Utc>>,
 ) -> tracing::Span {
+    observe_received(QueueKind::Terminations, sent_at);
     let span = tracing::info_span!(
         "termination",
         otel.kind = "consumer",
@@ -56,6 +60,74 @@ pub fn termination_span(
     );
     super::set_parent_from(&span, attributes);
     span
+}
+
+/// What one received termination message came to: the fields of its final
+/// log line and the outcome its counter counts.
+#[derive(Debug, Clone, Copy)]
+pub struct TerminationEnd<'a> {
+    /// The queue's message id.
+    pub message_id: &'a str,
+    /// The queue's receive count.
+    pub attempt: u32,
+    /// The record's externalId, when the body told it.
+    pub external_id: Option<&'a str>,
+    /// The termination's idempotency key, when the body was valid.
+    pub idempotency_key: Option<&'a str>,
+    /// The outcome to count in `deprovision.terminations`; `None` when nothing
+    /// new happened (a redelivery of finished work, a failed queue call).
+    pub counted: Option<Outcome>,
+    /// The outcome to show (for a redelivery, the earlier one); `None` shows
+    /// `none`.
+    pub shown: Option<Outcome>,
+    /// What the consumer did with the message (`done`, `dead_lettered`, …).
+    pub step: &'static str,
+    /// Why it was returned to the queue or could not finish, when it was.
+    pub reason: Option<&'a str>,
+    /// True when it was dead-lettered or its queue call failed: an error on
+    /// the span, a warning in the log.
+    pub failed: bool,
+}
+
+/// Closes a termination's span: records `outcome` (and `reason`) on it, counts
+/// the outcome, and writes the termination's one final log line, `termination
+/// finished`, inside the span (so a JSON line also carries the span's fields,
+/// the dead-letter reason among them).
+pub fn finish_termination(span: &tracing::Span, end: &TerminationEnd<'_>) {
+    if let Some(outcome) = end.counted {
+        metrics().record_outcome(outcome);
+    }
+    let shown = end.shown.map_or("none", Outcome::as_str);
+    span.record("outcome", shown);
+    if let Some(reason) = end.reason {
+        // As long as a dead letter's detail attribute, no longer.
+        let reason: String = reason.chars().take(1000).collect();
+        span.record("reason", reason);
+    }
+    if end.failed {
+        span.record("otel.status_code", "ERROR");
+    }
+    span.in_scope(|| {
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    message_id = end.message_id,
+                    external_id = end.external_id,
+                    idempotency_key = end.idempotency_key,
+                    attempt = end.attempt,
+                    outcome = shown,
+                    step = end.step,
+                    reason = end.reason,
+                    "termination finished"
+                )
+            };
+        }
+        if end.failed {
+            line!(warn);
+        } else {
+            line!(info);
+        }
+    });
 }
 
 /// The span of one SCIM HTTP request (`scim.request`; every attempt of a

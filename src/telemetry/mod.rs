@@ -35,8 +35,9 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 pub use health::{HealthError, health_router, health_router_with, probe_health};
 pub use instrument::{
-    dispatch_span, finish_rate_limit, finish_scim_request, finish_token_request, observe_received,
-    rate_limit_span, scim_request_span, termination_span, token_request_span,
+    TerminationEnd, dispatch_span, finish_rate_limit, finish_scim_request, finish_termination,
+    finish_token_request, observe_received, rate_limit_span, scim_request_span, termination_span,
+    token_request_span,
 };
 pub use metrics::{Metrics, QueueKind, ScimResource, metrics};
 pub use propagation::{
