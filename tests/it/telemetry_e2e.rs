@@ -740,3 +740,55 @@ async fn no_secret_appears_in_logs_errors_spans_or_debug_output_of_a_traced_run(
         secrets.assert_absent(&format!("the Debug output of {what}"), &debug);
     }
 }
+
+/// The embedded `run` (in-process queue) is one trace too: the in-process
+/// queue carries the message attributes, so every termination of the example
+/// manifest is a child of its dispatch span; `RUST_LOG=warn` hides the log
+/// lines but not the spans.
+#[tokio::test]
+async fn an_embedded_run_is_one_trace_through_the_in_process_queue() {
+    let (collector, received) = start_receiver().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/terminations.json");
+    let out = tokio::process::Command::new(bin())
+        .args(["run", "--sandbox", "--format", "json"])
+        .arg(&example)
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("termination finished"),
+        "RUST_LOG=warn hides info lines"
+    );
+
+    let spans: Vec<Span> = received.spans().into_iter().map(|(s, _)| s).collect();
+    let dispatch: Vec<&Span> = spans.iter().filter(|s| s.name == "dispatch").collect();
+    assert_eq!(dispatch.len(), 1);
+    let terminations: Vec<&Span> = spans.iter().filter(|s| s.name == "termination").collect();
+    // Ten records: one invalid, one duplicate, eight terminations.
+    assert_eq!(terminations.len(), 8);
+    for t in &terminations {
+        assert_eq!(t.trace_id, dispatch[0].trace_id);
+        assert_eq!(t.parent_span_id, dispatch[0].span_id);
+        assert_eq!(attributes(&t.attributes)["outcome"], "deactivated");
+    }
+    let requests = spans.iter().filter(|s| s.name == "scim.request").count();
+    assert!(requests >= 16, "{requests} SCIM request spans");
+    assert!(
+        spans
+            .iter()
+            .filter(|s| s.name == "scim.request")
+            .all(|s| s.trace_id == dispatch[0].trace_id)
+    );
+}
