@@ -274,6 +274,10 @@ async fn a_served_manifest_is_one_trace_from_dispatch_to_scim_and_its_metrics_ar
             );
             assert!(!r["http.route"].contains(&elevated), "route carries no id");
             assert!(r.contains_key("http.response.status_code"), "{r:?}");
+            assert!(
+                r.get("correlation_id").is_some_and(|c| !c.is_empty()),
+                "the simulator's ININ-Correlation-Id: {r:?}"
+            );
         }
         match attrs["external_id"].as_str() {
             "TE0002" => {
