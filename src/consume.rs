@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::audit::{AuditEntry, ClaimState};
 use crate::domain::{IdempotencyKey, Outcome};
@@ -206,6 +206,80 @@ pub enum Step {
     /// the message will be received again and the audit check makes that
     /// harmless.
     QueueFailed(String),
+}
+
+impl Step {
+    /// The outcome this step counts as (design.md, "Outcomes"): the terminal
+    /// outcome, `dry_run`, `retrying` for a message returned to the queue,
+    /// `scheduled` for one not yet due. `None` for a redelivery of finished work
+    /// and for a step that could not finish its queue call: neither is a new
+    /// outcome of the termination.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self {
+            Step::Done(o) | Step::DeadLettered(o) => Some(*o),
+            Step::DryRun(_) => Some(Outcome::DryRun),
+            Step::Retry { .. } => Some(Outcome::Retrying),
+            Step::NotDue { .. } | Step::Deferred { .. } => Some(Outcome::Scheduled),
+            Step::AlreadyDone(_) | Step::QueueFailed(_) => None,
+        }
+    }
+
+    /// The step's name in logs: `done`, `dead_lettered`, `already_done`,
+    /// `retry`, `not_due`, `deferred`, `dry_run` or `queue_failed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Done(_) => "done",
+            Step::DeadLettered(_) => "dead_lettered",
+            Step::AlreadyDone(_) => "already_done",
+            Step::Retry { .. } => "retry",
+            Step::NotDue { .. } => "not_due",
+            Step::Deferred { .. } => "deferred",
+            Step::DryRun(_) => "dry_run",
+            Step::QueueFailed(_) => "queue_failed",
+        }
+    }
+}
+
+/// The `termination` span of a received message, continuing the dispatcher's
+/// trace, with the message's queue lag recorded.
+fn termination_span(message: &ReceivedMessage) -> tracing::Span {
+    crate::telemetry::termination_span(
+        &message.message_id,
+        message.receive_count,
+        &message.attributes,
+        message.sent_at,
+    )
+}
+
+/// Closes a termination's span: its outcome counted, its one final log line.
+fn finish(span: &tracing::Span, message: &ReceivedMessage, step: &Step) {
+    let decoded = TerminationMessage::decode(&message.body).ok();
+    let external_id = decoded
+        .as_ref()
+        .map(|t| t.record.external_id.as_str().to_owned())
+        .or_else(|| raw_external_id(&message.body));
+    let counted = step.outcome();
+    crate::telemetry::finish_termination(
+        span,
+        &crate::telemetry::TerminationEnd {
+            message_id: &message.message_id,
+            attempt: message.receive_count,
+            external_id: external_id.as_deref(),
+            idempotency_key: decoded.as_ref().map(|t| t.idempotency_key.as_str()),
+            counted,
+            shown: match step {
+                Step::AlreadyDone(previous) => Some(*previous),
+                _ => counted,
+            },
+            step: step.kind(),
+            reason: match step {
+                Step::Retry { reason, .. } => Some(reason.as_str()),
+                Step::QueueFailed(error) => Some(error.as_str()),
+                _ => None,
+            },
+            failed: matches!(step, Step::DeadLettered(_) | Step::QueueFailed(_)),
+        },
+    );
 }
 
 /// Running counts, readable while the pool runs (progress bars) and at the end.
@@ -516,9 +590,11 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Consumer<Q, E, A> {
         self.ensure_deleter();
         lock(&self.shared.inflight)
             .insert(message.message_id.clone(), message.receipt_handle.clone());
-        let step = self.shared.step(&message).await;
+        let span = termination_span(&message);
+        let step = self.shared.step(&message).instrument(span.clone()).await;
         lock(&self.shared.inflight).remove(&message.message_id);
         self.shared.tally.record(&step);
+        finish(&span, &message, &step);
         step
     }
 
@@ -554,13 +630,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
     /// One message, in its worker task: the step, with the visibility extended
     /// while it runs.
     async fn work(self: Arc<Self>, message: ReceivedMessage, permit: OwnedSemaphorePermit) {
-        let span = info_span!(
-            "termination",
-            message_id = %message.message_id,
-            receive_count = message.receive_count,
-            external_id = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
+        let span = termination_span(&message);
         let step = async {
             tokio::select! {
                 biased;
@@ -572,7 +642,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
         .await;
         lock(&self.inflight).remove(&message.message_id);
         self.tally.record(&step);
-        span.in_scope(|| info!(?step, "message handled"));
+        finish(&span, &message, &step);
         drop(permit);
     }
 
@@ -629,6 +699,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
             }
         };
         tracing::Span::current().record("external_id", termination.record.external_id.as_str());
+        tracing::Span::current().record("idempotency_key", termination.idempotency_key.as_str());
         let key = termination.idempotency_key.clone();
 
         if let Some(step) = self.finished_before(message, &termination).await {
@@ -870,7 +941,6 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
         started: Instant,
         not_due: bool,
     ) -> Step {
-        tracing::Span::current().record("outcome", report.outcome.as_str());
         let mut entry = self.entry(message, Some(termination), report.outcome, started);
         entry.user_id = report.user_id.as_ref().map(|u| u.as_str().to_owned());
         entry.status_code = report.status_code;
@@ -915,10 +985,16 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
         match report.outcome {
             o if o.is_terminal() && !o.is_dead_lettered() => {
                 match self.audit.append(&entry).await {
-                    Ok(_) => match self.delete(message).await {
-                        Ok(()) => Step::Done(o),
-                        Err(e) => Step::QueueFailed(e),
-                    },
+                    Ok(_) => {
+                        if o == Outcome::Deactivated {
+                            crate::telemetry::metrics()
+                                .record_deactivation_delay(termination.effective_at, Utc::now());
+                        }
+                        match self.delete(message).await {
+                            Ok(()) => Step::Done(o),
+                            Err(e) => Step::QueueFailed(e),
+                        }
+                    }
                     Err(e) => self.audit_failed(message, entry, e.to_string()).await,
                 }
             }
@@ -1005,7 +1081,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                 }
             };
         }
-        let copy = OutgoingMessage {
+        let mut copy = OutgoingMessage {
             body: message.body.clone(),
             attributes: [
                 (attr::REASON.to_owned(), outcome.as_str().to_owned()),
@@ -1023,6 +1099,9 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
             .collect(),
             delay: Duration::ZERO,
         };
+        // A replay (which keeps the attributes) then continues this trace, under
+        // the termination that dead-lettered it.
+        crate::telemetry::inject_into(&tracing::Span::current(), &mut copy.attributes);
         match self
             .dead_letter
             .send_batch(std::slice::from_ref(&copy))
@@ -1044,6 +1123,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                     .await;
             }
         }
+        tracing::Span::current().record("reason", truncate(reason, 1000));
         warn!(%outcome, reason, "dead-lettered");
         if let Err(e) = self.audit.append(&entry).await {
             // The DLQ holds the copy; leaving the original too means a second copy

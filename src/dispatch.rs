@@ -23,7 +23,7 @@ use chrono_tz::Tz;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument as _, error, info, warn};
 
 use crate::audit::{AuditEntry, ManifestOrigin};
 use crate::consume::AuditSink;
@@ -420,7 +420,8 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
     /// Dispatches one manifest: validates it whole, then enqueues every valid,
     /// distinct termination and audits every rejected record and the manifest.
     /// A manifest rejected whole is audited and reported (`rejected_file`), not
-    /// an error. `attempt` is recorded in the audit rows.
+    /// an error. `attempt` is recorded in the audit rows. Runs in one `dispatch`
+    /// span whose trace context every message carries in its attributes.
     pub async fn dispatch(
         &self,
         source: &ManifestSource,
@@ -444,7 +445,28 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         attempt: u32,
         enqueue: bool,
     ) -> Result<DispatchReport, DispatchError> {
+        let span = crate::telemetry::dispatch_span(&source.name(), attempt);
+        let result = self
+            .fan_out_in(source, attempt, enqueue, &span)
+            .instrument(span.clone())
+            .await;
+        if let Ok(report) = &result {
+            span.record("enqueued", report.enqueued);
+            span.record("rejected", report.summary.rejected);
+        }
+        result
+    }
+
+    async fn fan_out_in(
+        &self,
+        source: &ManifestSource,
+        attempt: u32,
+        enqueue: bool,
+        span: &tracing::Span,
+    ) -> Result<DispatchReport, DispatchError> {
         let dry_run = self.options.dry_run || !enqueue;
+        let mut trace = std::collections::BTreeMap::new();
+        crate::telemetry::inject_into(span, &mut trace);
         let name = source.name();
         let hint = source.hint();
         let (reader, pin) = self.open(source, None).await?;
@@ -521,6 +543,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                     );
                     batch.push(OutgoingMessage {
                         body: message.encode(),
+                        attributes: trace.clone(),
                         ..OutgoingMessage::default()
                     });
                     if batch.len() == MAX_BATCH {
@@ -722,6 +745,10 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                 }
             };
             for message in messages {
+                crate::telemetry::observe_received(
+                    crate::telemetry::QueueKind::ManifestEvents,
+                    message.sent_at,
+                );
                 if shutdown.is_cancelled() {
                     let _ = events
                         .change_visibility(&message.receipt_handle, Duration::ZERO)

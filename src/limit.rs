@@ -15,6 +15,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter as Governor};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 type DirectGovernor = Governor<NotKeyed, InMemoryState, DefaultClock>;
 
@@ -178,8 +179,19 @@ impl RateLimiter {
 
     /// Waits until a request may be sent: past any shared pause, then through the
     /// budget. Errors, without waiting in vain, when either would run past
-    /// `deadline`.
+    /// `deadline`. Each call is one `rate_limit.wait` span, and a request let
+    /// through records its wait in the rate-limiter wait histogram.
     pub async fn acquire(&self, deadline: Instant) -> Result<(), LimitError> {
+        let span = crate::telemetry::rate_limit_span();
+        let started = Instant::now();
+        let result = self.wait_turn(deadline).instrument(span.clone()).await;
+        if result.is_ok() {
+            crate::telemetry::finish_rate_limit(&span, started.elapsed());
+        }
+        result
+    }
+
+    async fn wait_turn(&self, deadline: Instant) -> Result<(), LimitError> {
         loop {
             let (pause, governor) = {
                 let st = self.state();

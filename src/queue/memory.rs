@@ -57,6 +57,8 @@ struct Stored {
     receive_count: u32,
     visible_at: Instant,
     receipt: Option<String>,
+    /// Wall-clock send time, reported like SQS's `SentTimestamp`.
+    sent_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl MemoryQueue {
@@ -154,6 +156,7 @@ impl MemoryQueue {
                 receive_count: 0,
                 visible_at: Instant::now() + message.delay,
                 receipt: None,
+                sent_at: chrono::Utc::now(),
             },
         );
         drop(state);
@@ -201,6 +204,7 @@ impl MemoryQueue {
                 body: m.body.clone(),
                 receive_count: m.receive_count,
                 attributes: m.attributes.clone(),
+                sent_at: Some(m.sent_at),
             });
         }
         let moved: Vec<Stored> = redriven

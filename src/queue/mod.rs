@@ -65,6 +65,9 @@ pub struct ReceivedMessage {
     pub receive_count: u32,
     /// String message attributes.
     pub attributes: BTreeMap<String, String>,
+    /// When the queue accepted the message (SQS `SentTimestamp`), for the
+    /// queue-lag metric; `None` when the queue did not say.
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// One message to send.

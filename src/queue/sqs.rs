@@ -185,6 +185,7 @@ impl Queue for SqsQueue {
             .max_number_of_messages(max as i32)
             .wait_time_seconds(wait as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_attribute_names("All")
             .send()
             .await
@@ -198,6 +199,12 @@ impl Queue for SqsQueue {
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1);
+                // Epoch milliseconds (AWS SQS API, ReceiveMessage, SentTimestamp).
+                let sent_at = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .and_then(chrono::DateTime::from_timestamp_millis);
                 let attributes: BTreeMap<String, String> = m
                     .message_attributes()
                     .map(|attrs| {
@@ -213,6 +220,7 @@ impl Queue for SqsQueue {
                     body: m.body().unwrap_or_default().to_owned(),
                     receive_count,
                     attributes,
+                    sent_at,
                 })
             })
             .collect())

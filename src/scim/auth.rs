@@ -21,6 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 use url::Url;
 
 use super::error::AuthError;
@@ -263,15 +264,21 @@ impl TokenProvider {
     async fn fetch_once(&self) -> Result<(SecretString, Duration), Attempt> {
         let inner = &self.inner;
         inner.requests.fetch_add(1, Ordering::Relaxed);
-        let response = inner
+        let span = crate::telemetry::token_request_span(&inner.client.id);
+        let sent = inner
             .http
             .post(inner.token_url.clone())
             .basic_auth(&inner.client.id, Some(inner.client.secret.expose_secret()))
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&[("grant_type", "client_credentials")])
             .send()
-            .await
-            .map_err(|e| Attempt::Transient(describe_reqwest(&e)))?;
+            .instrument(span.clone())
+            .await;
+        crate::telemetry::finish_token_request(
+            &span,
+            sent.as_ref().ok().map(|r| r.status().as_u16()),
+        );
+        let response = sent.map_err(|e| Attempt::Transient(describe_reqwest(&e)))?;
         let status = response.status();
         let body = response
             .bytes()

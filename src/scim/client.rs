@@ -33,6 +33,8 @@ use super::retry::{RateHeaders, server_wait};
 use crate::config::{ScimArgs, ScimTarget};
 use crate::domain::{Credential, ExternalId, ScimUserId};
 use crate::limit::{LimitError, RateLimiter};
+use crate::telemetry::ScimResource;
+use tracing::Instrument as _;
 
 /// The SCIM media type (RFC 7644 §3.1); Genesys accepts it and `application/json`.
 const SCIM_JSON: &str = "application/scim+json";
@@ -282,6 +284,30 @@ impl ScimClient {
             .to_owned()
     }
 
+    /// The resource and route template of a request URL, for spans and metrics:
+    /// `/Users`, `/Users/{id}`, `/Groups` or `/Groups/{id}` (RFC 7644 §3.2
+    /// names, whatever the server's case), never the ids or the filter.
+    fn route(&self, url: &Url) -> (ScimResource, &'static str) {
+        let users = self.inner.users.path();
+        let with_id = |base: &str| url.path().len() > base.trim_end_matches('/').len();
+        if url.path().starts_with(users) {
+            let route = if with_id(users) {
+                "/Users/{id}"
+            } else {
+                "/Users"
+            };
+            (ScimResource::Users, route)
+        } else {
+            let groups = self.inner.groups.path();
+            let route = if with_id(groups) {
+                "/Groups/{id}"
+            } else {
+                "/Groups"
+            };
+            (ScimResource::Groups, route)
+        }
+    }
+
     fn remove_form(&self) -> RemoveForm {
         match self.inner.remove_form.load(Ordering::Relaxed) {
             FORM_VALUE_ARRAY => RemoveForm::ValueArray,
@@ -457,11 +483,35 @@ impl Session<'_> {
             if let Some(version) = call.if_match {
                 request = request.header(IF_MATCH, version);
             }
-            tracing::debug!(op = %call.op, credential = self.credential.as_str(), attempt = attempts, "SCIM request");
-            let outcome = match request.send().await {
-                Ok(response) => self.receive(response, o.max_body_bytes).await,
-                Err(e) => Err(describe_reqwest(&e)),
+            let (resource, route) = self.client.route(&call.url);
+            let span =
+                crate::telemetry::scim_request_span(&call.method, route, self.credential, attempts);
+            let sent = Instant::now();
+            let outcome = async {
+                tracing::debug!(op = %call.op, credential = self.credential.as_str(), attempt = attempts, "SCIM request");
+                match request.send().await {
+                    Ok(response) => self.receive(response, o.max_body_bytes).await,
+                    Err(e) => Err(describe_reqwest(&e)),
+                }
+            }
+            .instrument(span.clone())
+            .await;
+            let (answered, correlation_id) = match &outcome {
+                Ok((status, headers, _)) => (
+                    Some(status.as_u16()),
+                    headers.get(CORRELATION_ID).and_then(|v| v.to_str().ok()),
+                ),
+                Err(_) => (None, None),
             };
+            crate::telemetry::finish_scim_request(
+                &span,
+                &call.method,
+                resource,
+                self.credential,
+                answered,
+                correlation_id,
+                sent.elapsed(),
+            );
             let (status, headers, body) = match outcome {
                 Ok(parts) => parts,
                 Err(reason) => {
@@ -912,5 +962,35 @@ mod tests {
             "https://api.mypurecloud.de/api/v2/scim/v2/groups"
         );
         assert!(genesys.is_genesys() && !genesys.has_elevated());
+        let url = |s: &str| Url::parse(s).unwrap();
+        for (client, request, route) in [
+            (
+                &genesys,
+                "https://api.mypurecloud.de/api/v2/scim/v2/users?filter=x",
+                "/Users",
+            ),
+            (
+                &genesys,
+                "https://api.mypurecloud.de/api/v2/scim/v2/users/u-1",
+                "/Users/{id}",
+            ),
+            (
+                &genesys,
+                "https://api.mypurecloud.de/api/v2/scim/v2/groups/g%201",
+                "/Groups/{id}",
+            ),
+            (
+                &generic,
+                "http://127.0.0.1:9/tenant-1/Groups?filter=y",
+                "/Groups",
+            ),
+            (
+                &generic,
+                "http://127.0.0.1:9/tenant-1/Users/a",
+                "/Users/{id}",
+            ),
+        ] {
+            assert_eq!(client.route(&url(request)).1, route, "{request}");
+        }
     }
 }

@@ -2,9 +2,12 @@
 //! metrics exported over OTLP/HTTP when the standard `OTEL_*` variables ask for it
 //! (and not otherwise), the metrics facade the rest of the crate records through
 //! ([`metrics()`]), the Prometheus text rendering of those metrics and the
-//! `/healthz` + `/metrics` router ([`health_router`]), and W3C trace-context
-//! propagation through queue message attributes ([`inject_context`],
-//! [`extract_context`]).
+//! `/healthz` + `/metrics` router ([`health_router`]), W3C trace-context
+//! propagation through queue message attributes ([`inject_into`],
+//! [`set_parent_from`]), and the pipeline's spans with the measurements taken
+//! when they close ([`dispatch_span`], [`termination_span`],
+//! [`scim_request_span`], [`rate_limit_span`]), which `dispatch`, `consume`,
+//! `scim` and `limit` open so that one manifest's work is one trace.
 //!
 //! Owns no business logic and never formats secrets: secret types redact
 //! themselves, and the OTLP headers (which may carry a collector's API key) are read
@@ -14,6 +17,7 @@
 //! everything else reaches it through arguments.
 
 mod health;
+mod instrument;
 mod metrics;
 mod propagation;
 
@@ -30,8 +34,15 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 pub use health::{HealthError, health_router, health_router_with, probe_health};
+pub use instrument::{
+    TerminationEnd, dispatch_span, finish_rate_limit, finish_scim_request, finish_termination,
+    finish_token_request, observe_received, rate_limit_span, scim_request_span, termination_span,
+    token_request_span,
+};
 pub use metrics::{Metrics, QueueKind, ScimResource, metrics};
-pub use propagation::{extract_context, inject_context, inject_context_from, set_parent};
+pub use propagation::{
+    extract_context, inject_context, inject_context_from, inject_into, set_parent, set_parent_from,
+};
 
 /// The instrumentation scope and default `service.name`.
 const SERVICE: &str = "deprovision";
@@ -364,26 +375,29 @@ pub fn init_with(format: LogFormat, export: OtlpExport) -> TelemetryGuard {
         Ok(telemetry) => (Some(telemetry), None),
         Err(e) => (Telemetry::build(&OtlpExport::off()).ok(), Some(e)),
     };
+    // `RUST_LOG` chooses what is logged, not what is traced: each log layer has
+    // its own filter, and spans at `info` reach the exporter even when the log
+    // level is `warn`.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let text = (format == LogFormat::Text).then(|| {
-        tracing_subscriber::fmt::layer()
+    let log = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
-            .boxed()
-    });
-    let json = (format == LogFormat::Json).then(|| {
-        tracing_subscriber::fmt::layer()
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .with_writer(std::io::stderr)
-            .boxed()
-    });
-    let otel = telemetry.as_ref().and_then(|t| t.otel_layer());
+            .boxed(),
+    }
+    .with_filter(filter);
+    let otel = telemetry
+        .as_ref()
+        .and_then(|t| t.otel_layer())
+        .map(|layer| layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO));
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(text)
-        .with(json)
+        .with(log)
         .with(otel)
         .try_init();
 

@@ -3,9 +3,9 @@
 //! share one trace. The carrier is a plain map: the queue code turns it into SQS
 //! string message attributes and back. Knows nothing about queues.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -42,6 +42,53 @@ pub fn set_parent(span: &tracing::Span, carrier: &HashMap<String, String>) {
     if let Err(e) = span.set_parent(parent) {
         // Only a span created without the OpenTelemetry layer, or already
         // started, gets here; the trace is broken, the work is not.
+        tracing::debug!(error = %e, "trace context not attached");
+    }
+}
+
+/// A queue message's string attributes as a W3C Trace Context carrier.
+struct Attributes<'a>(&'a mut BTreeMap<String, String>);
+
+impl Injector for Attributes<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        // The propagator writes an empty `tracestate` when there is none; SQS
+        // refuses empty attribute values, and each attribute counts against
+        // SQS's ten per message.
+        if !value.is_empty() {
+            self.0.insert(key.to_owned(), value);
+        }
+    }
+}
+
+/// A received message's string attributes, read as a carrier.
+struct Received<'a>(&'a BTreeMap<String, String>);
+
+impl Extractor for Received<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+/// Adds `span`'s trace context (`traceparent`, and `tracestate` when set) to a
+/// message's attributes, keeping every other attribute (signatures, reasons).
+/// Adds nothing when spans are not exported.
+pub fn inject_into(span: &tracing::Span, attributes: &mut BTreeMap<String, String>) {
+    TraceContextPropagator::new().inject_context(&span.context(), &mut Attributes(attributes));
+}
+
+/// [`set_parent`] from a received message's attributes: makes `span` a child of
+/// the sender's span. Missing or malformed entries leave `span` a root.
+pub fn set_parent_from(span: &tracing::Span, attributes: &BTreeMap<String, String>) {
+    use opentelemetry::trace::TraceContextExt as _;
+    let parent = TraceContextPropagator::new().extract(&Received(attributes));
+    if !parent.span().span_context().is_valid() {
+        return;
+    }
+    if let Err(e) = span.set_parent(parent) {
         tracing::debug!(error = %e, "trace context not attached");
     }
 }
@@ -85,6 +132,32 @@ mod tests {
         );
         // A new span id: the consumer's own span, not the sender's.
         assert!(!traceparent.contains("00f067aa0ba902b7"), "{traceparent}");
+    }
+
+    #[test]
+    fn message_attributes_carry_the_trace_beside_other_attributes() {
+        let mut attributes =
+            BTreeMap::from([("deprovision.signature".to_owned(), "sig".to_owned())]);
+        let (sender, receiver) = with_otel(|| {
+            let dispatch = tracing::info_span!("dispatch");
+            inject_into(&dispatch, &mut attributes);
+            let sender = dispatch.context().span().span_context().clone();
+            let termination = tracing::info_span!("termination");
+            set_parent_from(&termination, &attributes);
+            let _entered = termination.enter();
+            (sender, inject_context())
+        });
+        assert_eq!(attributes["deprovision.signature"], "sig");
+        assert!(!attributes.contains_key("tracestate"), "{attributes:?}");
+        let traceparent = &attributes["traceparent"];
+        assert_eq!(
+            traceparent,
+            &format!("00-{}-{}-01", sender.trace_id(), sender.span_id())
+        );
+        assert!(
+            receiver["traceparent"].starts_with(&format!("00-{}-", sender.trace_id())),
+            "{receiver:?}"
+        );
     }
 
     #[test]

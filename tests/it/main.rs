@@ -12,3 +12,4 @@ mod report;
 mod sim;
 mod support;
 mod telemetry;
+mod telemetry_e2e;

@@ -29,13 +29,13 @@ use tracing_subscriber::layer::SubscriberExt as _;
 
 /// What the receiver got, as raw request bodies per signal.
 #[derive(Clone, Default)]
-struct Received {
-    traces: Arc<Mutex<Vec<Bytes>>>,
-    metrics: Arc<Mutex<Vec<Bytes>>>,
+pub struct Received {
+    pub traces: Arc<Mutex<Vec<Bytes>>>,
+    pub metrics: Arc<Mutex<Vec<Bytes>>>,
 }
 
 impl Received {
-    fn spans(&self) -> Vec<(Span, HashMap<String, String>)> {
+    pub fn spans(&self) -> Vec<(Span, HashMap<String, String>)> {
         let bodies = self.traces.lock().unwrap().clone();
         let mut spans = Vec::new();
         for body in bodies {
@@ -57,7 +57,7 @@ impl Received {
         spans
     }
 
-    fn metrics(&self) -> Vec<opentelemetry_proto::tonic::metrics::v1::Metric> {
+    pub fn metrics(&self) -> Vec<opentelemetry_proto::tonic::metrics::v1::Metric> {
         let bodies = self.metrics.lock().unwrap().clone();
         let mut metrics = Vec::new();
         for body in bodies {
@@ -72,7 +72,9 @@ impl Received {
     }
 }
 
-fn attributes(kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap<String, String> {
+pub fn attributes(
+    kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+) -> HashMap<String, String> {
     kvs.iter()
         .map(|kv| {
             let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
@@ -89,7 +91,7 @@ fn attributes(kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashM
 
 /// An OTLP/HTTP receiver on port 0: `POST /v1/traces` and `/v1/metrics` keep
 /// the protobuf body and answer 200 with an empty (success) response.
-async fn start_receiver() -> (String, Received) {
+pub async fn start_receiver() -> (String, Received) {
     async fn keep(State(into): State<Arc<Mutex<Vec<Bytes>>>>, body: Bytes) -> Vec<u8> {
         into.lock().unwrap().push(body);
         Vec::new()
