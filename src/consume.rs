@@ -88,6 +88,10 @@ pub struct ConsumerOptions {
     pub dry_run: bool,
     /// What to do with a termination whose effective time is still ahead.
     pub not_due: NotDuePolicy,
+    /// Message authenticity: with keys, every message is verified before
+    /// anything else and an unsigned, altered or unknown-key message is
+    /// dead-lettered as `bad_signature` without contacting the SCIM service.
+    pub signing: crate::signing::MessageAuth,
 }
 
 /// What the pool does with a termination that is not yet due.
@@ -112,6 +116,7 @@ impl Default for ConsumerOptions {
             retry_max: Duration::from_secs(15 * 60),
             dry_run: false,
             not_due: NotDuePolicy::Hold,
+            signing: crate::signing::MessageAuth::Off,
         }
     }
 }
@@ -546,6 +551,26 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
     /// The decisions for one message.
     async fn step(&self, message: &ReceivedMessage) -> Step {
         let started = Instant::now();
+        // Authenticity first: nothing in an unauthentic body is trusted, not even
+        // for the idempotency check.
+        if let Err(e) = self
+            .options
+            .signing
+            .verify(&message.body, &message.attributes)
+        {
+            tracing::error!(error = %e, "termination message failed signature verification; dead-lettering without acting");
+            let mut entry = self.entry(message, None, Outcome::Invalid, started);
+            entry.external_id = raw_external_id(&message.body).map(|e| truncate(e.trim(), 256));
+            entry.error_message = Some(e.to_string());
+            return self
+                .dead_letter_coded(
+                    message,
+                    entry,
+                    crate::signing::BAD_SIGNATURE,
+                    &e.to_string(),
+                )
+                .await;
+        }
         let termination = match TerminationMessage::decode(&message.body) {
             Ok(t) => t,
             Err(e) => {
@@ -749,6 +774,20 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
         entry: AuditEntry,
         reason: &str,
     ) -> Step {
+        let code = entry.outcome.as_str();
+        self.dead_letter_coded(message, entry, code, reason).await
+    }
+
+    /// [`Self::dead_letter`] with the DLQ reason code given (e.g.
+    /// `bad_signature`) rather than the outcome's name. The copy keeps the
+    /// original's attributes (signature included, so a replay still verifies).
+    async fn dead_letter_coded(
+        &self,
+        message: &ReceivedMessage,
+        entry: AuditEntry,
+        code: &str,
+        reason: &str,
+    ) -> Step {
         let outcome = entry.outcome;
         if self.options.dry_run {
             let mut entry = entry;
@@ -767,22 +806,25 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                 }
             };
         }
+        let mut attributes = message.attributes.clone();
+        attributes.extend([
+            (attr::REASON.to_owned(), code.to_owned()),
+            (attr::DETAIL.to_owned(), truncate(reason, 1000)),
+            (
+                attr::SOURCE_MESSAGE_ID.to_owned(),
+                message.message_id.clone(),
+            ),
+            (
+                attr::RECEIVE_COUNT.to_owned(),
+                message.receive_count.to_string(),
+            ),
+        ]);
+        // A replayed message carries its earlier replay mark; the DLQ copy is a
+        // fresh dead-lettering.
+        attributes.remove(attr::REPLAYED);
         let copy = OutgoingMessage {
             body: message.body.clone(),
-            attributes: [
-                (attr::REASON.to_owned(), outcome.as_str().to_owned()),
-                (attr::DETAIL.to_owned(), truncate(reason, 1000)),
-                (
-                    attr::SOURCE_MESSAGE_ID.to_owned(),
-                    message.message_id.clone(),
-                ),
-                (
-                    attr::RECEIVE_COUNT.to_owned(),
-                    message.receive_count.to_string(),
-                ),
-            ]
-            .into_iter()
-            .collect(),
+            attributes,
             delay: Duration::ZERO,
         };
         match self

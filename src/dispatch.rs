@@ -25,11 +25,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::audit::{AuditEntry, ManifestOrigin};
+use crate::audit::{AuditEntry, HeldManifest, HoldState, ManifestOrigin};
+use crate::breaker::{self, Breaker, Gate};
 use crate::consume::AuditSink;
 use crate::domain::{EffectiveAt, Outcome, TerminationRecord};
 use crate::manifest::{self, Entry, Format, ManifestError, Summary};
 use crate::queue::{MAX_BATCH, OutgoingMessage, Queue, TerminationMessage, truncate};
+use crate::signing::MessageAuth;
 
 /// An S3 client from the SDK configuration. With a custom endpoint
 /// (`AWS_ENDPOINT_URL`, e.g. moto) buckets are addressed by path, since such
@@ -159,6 +161,27 @@ pub enum DispatchError {
     /// A blocking parser task failed to run.
     #[error("manifest reader task failed: {0}")]
     Task(String),
+    /// An approved manifest's bytes are not the ones that were held.
+    #[error(
+        "manifest {manifest} is not the content that was held (SHA-256 {found}, held {expected}); nothing was enqueued"
+    )]
+    ContentChanged {
+        /// The manifest.
+        manifest: String,
+        /// The held content's SHA-256.
+        expected: String,
+        /// What was read now.
+        found: String,
+    },
+    /// The mass-deactivation breaker could not decide (e.g. the active-user
+    /// count failed); nothing was enqueued.
+    #[error("manifest {manifest}: the mass-deactivation breaker could not decide: {detail}")]
+    Breaker {
+        /// The manifest.
+        manifest: String,
+        /// Why.
+        detail: String,
+    },
 }
 
 /// What one manifest came to.
@@ -173,6 +196,25 @@ pub struct DispatchReport {
     pub enqueued: u64,
     /// Why the whole file was rejected, when it was (nothing was enqueued).
     pub rejected_file: Option<String>,
+    /// `MANIFEST_ID`: the first 16 hex digits of the content's SHA-256 (absent
+    /// when the file could not be read as a whole).
+    pub manifest_id: Option<String>,
+    /// Why the mass-deactivation breaker held it, when it did (nothing was
+    /// enqueued; `deprovision approve MANIFEST_ID` releases it).
+    pub held: Option<String>,
+}
+
+/// An operator's approval of a held manifest: dispatch bypassing the breaker,
+/// only if the content is what was held.
+#[derive(Debug, Clone, Default)]
+pub struct Approved {
+    /// The held content's SHA-256 (64 hex digits); `None` approves whatever is
+    /// read (`run --approve`, where the operator names the file).
+    pub sha256: Option<String>,
+    /// The S3 version the hold read.
+    pub version_id: Option<String>,
+    /// The ETag the hold read (used as `If-Match` when there is no version).
+    pub etag: Option<String>,
 }
 
 /// Dispatcher settings.
@@ -188,6 +230,10 @@ pub struct DispatchOptions {
     pub send_attempts: u32,
     /// Pause before retrying failed entries (doubles per attempt).
     pub send_retry_base: Duration,
+    /// How each message is signed (`MESSAGE_SIGNING_KEYS`).
+    pub signing: MessageAuth,
+    /// The mass-deactivation breaker, when on.
+    pub breaker: Option<Arc<Breaker>>,
 }
 
 impl Default for DispatchOptions {
@@ -198,6 +244,8 @@ impl Default for DispatchOptions {
             send_concurrency: 4,
             send_attempts: 5,
             send_retry_base: Duration::from_millis(200),
+            signing: MessageAuth::Off,
+            breaker: None,
         }
     }
 }
@@ -395,15 +443,44 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         source: &ManifestSource,
         attempt: u32,
     ) -> Result<DispatchReport, DispatchError> {
+        self.dispatch_inner(source, attempt, None).await
+    }
+
+    /// Dispatches a manifest an operator approved, bypassing the breaker: the
+    /// first read is pinned to `approved`'s version (or ETag), and nothing is
+    /// enqueued unless the content's SHA-256 equals `approved.sha256` (when
+    /// given). Errors: as [`Dispatcher::dispatch`], and
+    /// [`DispatchError::ContentChanged`].
+    pub async fn dispatch_approved(
+        &self,
+        source: &ManifestSource,
+        attempt: u32,
+        approved: &Approved,
+    ) -> Result<DispatchReport, DispatchError> {
+        self.dispatch_inner(source, attempt, Some(approved)).await
+    }
+
+    async fn dispatch_inner(
+        &self,
+        source: &ManifestSource,
+        attempt: u32,
+        approved: Option<&Approved>,
+    ) -> Result<DispatchReport, DispatchError> {
         let name = source.name();
         let hint = source.hint();
-        let (reader, pin) = self.open(source, None).await?;
-        let first = tokio::task::spawn_blocking(move || manifest::validate(reader, hint))
+        let first_pin = approved
+            .filter(|a| a.version_id.is_some() || a.etag.is_some())
+            .map(|a| Pin {
+                version_id: a.version_id.clone(),
+                etag: a.etag.clone(),
+            });
+        let (reader, pin) = self.open(source, first_pin.as_ref()).await?;
+        let first = tokio::task::spawn_blocking(move || breaker::count_and_hash(reader, hint))
             .await
             .map_err(|e| DispatchError::Task(e.to_string()))?;
         let origin = self.origin(source, &pin);
-        let first = match first {
-            Ok(summary) => summary,
+        let (first, sha256) = match first {
+            Ok(counted) => counted,
             Err(ManifestError::Io(source)) => {
                 return Err(DispatchError::Io {
                     manifest: name,
@@ -421,12 +498,40 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                     summary: Summary::default(),
                     enqueued: 0,
                     rejected_file: Some(reason),
+                    manifest_id: None,
+                    held: None,
                 };
                 self.audit_manifest(&report, attempt).await?;
                 return Ok(report);
             }
         };
-        info!(manifest = name, ?first, "manifest validated");
+        let manifest_id = breaker::manifest_id(&sha256);
+        info!(manifest = name, manifest_id, ?first, "manifest validated");
+        match approved {
+            Some(a) => {
+                if let Some(expected) = &a.sha256
+                    && *expected != sha256
+                {
+                    return Err(DispatchError::ContentChanged {
+                        manifest: name,
+                        expected: expected.clone(),
+                        found: sha256,
+                    });
+                }
+                info!(
+                    manifest = name,
+                    manifest_id, "approved manifest; the breaker is bypassed"
+                );
+            }
+            None => {
+                if let Some(report) = self
+                    .breaker_gate(&name, &origin, &pin, &sha256, &first, attempt)
+                    .await?
+                {
+                    return Ok(report);
+                }
+            }
+        }
 
         let (reader, _) = self.open(source, Some(&pin)).await?;
         let (tx, mut rx) = mpsc::channel::<Entry>(1024);
@@ -457,8 +562,10 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                         self.options.hr_timezone,
                         self.options.effective_at,
                     );
+                    let body = message.encode();
                     batch.push(OutgoingMessage {
-                        body: message.encode(),
+                        attributes: self.options.signing.sign(&body),
+                        body,
                         ..OutgoingMessage::default()
                     });
                     if batch.len() == MAX_BATCH {
@@ -567,6 +674,8 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             summary: second,
             enqueued,
             rejected_file: None,
+            manifest_id: Some(manifest_id),
+            held: None,
         };
         self.audit_manifest(&report, attempt).await?;
         info!(
@@ -828,6 +937,84 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             failed: pending.len(),
             detail: last,
         })
+    }
+
+    /// Asks the breaker (when on) whether this manifest may be dispatched. A hold
+    /// is returned as the report (nothing enqueued), with a `held` audit row and
+    /// an error-level log the first time it is held.
+    async fn breaker_gate(
+        &self,
+        name: &str,
+        origin: &ManifestOrigin,
+        pin: &Pin,
+        sha256: &str,
+        first: &Summary,
+        attempt: u32,
+    ) -> Result<Option<DispatchReport>, DispatchError> {
+        let Some(b) = &self.options.breaker else {
+            return Ok(None);
+        };
+        let manifest_id = breaker::manifest_id(sha256);
+        let draft = HeldManifest {
+            manifest_id: manifest_id.clone(),
+            bucket: origin.bucket.clone(),
+            key: origin.key.clone(),
+            version_id: pin.version_id.clone(),
+            etag: pin.etag.clone(),
+            sha256: sha256.to_owned(),
+            terminations: first.valid,
+            active_users: None,
+            reason: String::new(),
+            state: HoldState::Held,
+            held_at: chrono::Utc::now(),
+            decided_by: None,
+            decided_at: None,
+        };
+        let gate = b.gate(&draft).await.map_err(|e| DispatchError::Breaker {
+            manifest: name.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let Gate::Hold { reason, new } = gate else {
+            return Ok(None);
+        };
+        let how = format!(
+            "approve with `deprovision approve {manifest_id}` or discard with `deprovision reject {manifest_id}`"
+        );
+        error!(
+            manifest = name,
+            manifest_id,
+            terminations = first.valid,
+            reason,
+            "mass-deactivation breaker: manifest held whole, nothing enqueued; {how}"
+        );
+        if new {
+            let mut row = breaker::manifest_row(
+                "manifest",
+                Outcome::Held,
+                false,
+                format!(
+                    "held by the mass-deactivation breaker as {manifest_id}: {reason}; nothing enqueued; {how}"
+                ),
+                origin.clone(),
+                None,
+            );
+            row.attempt = attempt;
+            self.audit
+                .append(&row)
+                .await
+                .map_err(|e| DispatchError::Audit {
+                    manifest: name.to_owned(),
+                    detail: e.to_string(),
+                })?;
+        }
+        Ok(Some(DispatchReport {
+            origin: origin.clone(),
+            summary: *first,
+            enqueued: 0,
+            rejected_file: None,
+            manifest_id: Some(manifest_id),
+            held: Some(reason),
+        }))
     }
 
     async fn audit_manifest(

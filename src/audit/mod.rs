@@ -13,6 +13,7 @@
 //! `2026-03-02T04:30:00.000Z` (fixed width, so text order is time order).
 
 pub mod chain;
+mod held;
 mod postgres;
 mod sqlite;
 
@@ -25,6 +26,7 @@ use crate::config::AuditArgs;
 use crate::domain::{Credential, IdempotencyKey, Outcome};
 
 pub use chain::{BreakReason, BrokenRow, VerifyReport};
+pub use held::{HeldManifest, HoldState};
 
 /// Where a termination came from: the manifest object and the record's position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -130,6 +132,15 @@ pub enum AuditError {
     #[error("cannot read the audit log ({what}): {source} (has `deprovision migrate` been run?)")]
     Read {
         /// Which read.
+        what: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Reading or writing the `held_manifests` table (the breaker's holds) failed.
+    #[error("cannot {what}: {source} (has `deprovision migrate` been run?)")]
+    Held {
+        /// Which operation.
         what: &'static str,
         /// The driver's error.
         #[source]

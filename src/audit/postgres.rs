@@ -72,6 +72,11 @@ impl PgStore {
             .map_err(|source| AuditError::Migrate { source })
     }
 
+    /// The pool, for the `held_manifests` queries (`super::held`).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub(super) async fn close(&self) {
         self.pool.close().await;
     }

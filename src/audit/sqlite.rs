@@ -73,6 +73,11 @@ impl SqliteStore {
             .map_err(|source| AuditError::Migrate { source })
     }
 
+    /// The pool, for the `held_manifests` queries (`super::held`).
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     pub(super) async fn close(&self) {
         self.pool.close().await;
     }

@@ -6,6 +6,7 @@ mod audit;
 mod engine;
 mod manifest;
 mod pipeline;
+mod rails;
 mod report;
 mod sim;
 mod support;
