@@ -241,6 +241,24 @@ impl Breaker {
             .map_err(|e| BreakerError::Count(Box::new(e)))
     }
 
+    /// Checks `terminations` against the limits without recording anything:
+    /// why it trips, if it does, and the active-user count when one was needed
+    /// (the count limit is checked first, so a manifest over it costs no
+    /// request). Errors: [`BreakerError::NoScim`], [`BreakerError::Count`].
+    pub async fn assess(
+        &self,
+        terminations: u64,
+    ) -> Result<(Option<String>, Option<u64>), BreakerError> {
+        if let Some(reason) = self.limits.over_count(terminations) {
+            return Ok((Some(reason), None));
+        }
+        if !self.limits.checks_share() || terminations == 0 {
+            return Ok((None, None));
+        }
+        let n = self.active_users().await?;
+        Ok((self.limits.over_share(terminations, n), Some(n)))
+    }
+
     /// Decides whether the manifest `draft` describes (state and decision fields
     /// are ignored) may be dispatched. An id decided earlier keeps its decision
     /// (approved content proceeds; rejected or still-held content is held);
@@ -270,13 +288,7 @@ impl Breaker {
                 },
             });
         }
-        let mut active = None;
-        let mut reason = self.limits.over_count(draft.terminations);
-        if reason.is_none() && self.limits.checks_share() && draft.terminations > 0 {
-            let n = self.active_users().await?;
-            active = Some(n);
-            reason = self.limits.over_share(draft.terminations, n);
-        }
+        let (reason, active) = self.assess(draft.terminations).await?;
         let Some(reason) = reason else {
             return Ok(Gate::Proceed);
         };

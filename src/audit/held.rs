@@ -196,13 +196,13 @@ impl AuditStore {
     ) -> Result<Option<HeldManifest>, AuditError> {
         let found = match &self.backend {
             Backend::Postgres(s) => {
-                let sql = format!(
-                    "SELECT manifest_id, bucket, key, version_id, etag, sha256, terminations, \
-                     active_users, reason, state, to_char(held_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS held_at, decided_by, \
+                // Instants come back as the same RFC 3339 text SQLite stores.
+                let sql = "SELECT manifest_id, bucket, key, version_id, etag, sha256, terminations, \
+                     active_users, reason, state, \
+                     to_char(held_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS held_at, decided_by, \
                      to_char(decided_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS decided_at \
-                     FROM held_manifests WHERE manifest_id = $1"
-                );
-                sqlx::query(sqlx::AssertSqlSafe(sql))
+                     FROM held_manifests WHERE manifest_id = $1";
+                sqlx::query(sql)
                     .bind(manifest_id)
                     .fetch_optional(s.pool())
                     .await

@@ -180,11 +180,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (Engine::from_args(&args.scim).context("SCIM client")?, None)
     };
     let engine = super::serve::protected_engine(engine, &args.protection);
-    let breaker = Breaker::new(
+    let breaker = Arc::new(Breaker::new(
         limits,
         limits.checks_share().then(|| engine.client().clone()),
         (*audit).clone(),
-    );
+    ));
     let dispatcher = Dispatcher::new(
         s3,
         queue.clone(),
@@ -193,7 +193,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             hr_timezone: args.policy.hr_timezone,
             effective_at: args.policy.termination_effective_at,
             signing: signing.clone(),
-            breaker: Some(Arc::new(breaker)),
+            // A dry run changes nothing, and is how a reviewer sees the plan of
+            // a manifest the breaker would hold: it is assessed, not held.
+            breaker: (!args.dry_run).then(|| breaker.clone()),
             ..DispatchOptions::default()
         },
     );
@@ -253,8 +255,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(3));
     }
-    if args.approve {
+    if args.approve && !args.dry_run {
         super::approve::record_run_approval(&audit, &report, &args.by).await?;
+    }
+    if args.dry_run && !args.approve {
+        match breaker.assess(report.summary.valid).await {
+            Ok((Some(reason), _)) => eprintln!(
+                "dry run: a real run would be held by the mass-deactivation breaker ({reason}); it would need --approve"
+            ),
+            Ok((None, _)) => {}
+            Err(e) => eprintln!(
+                "dry run: the mass-deactivation breaker could not assess this manifest: {e}"
+            ),
+        }
     }
 
     let progress = progress_bar(report.summary.valid);

@@ -304,14 +304,31 @@ async fn run_refuses_an_over_limit_manifest_without_approve() {
         &path,
     ];
 
+    let id = manifest_id(&json_manifest(&recs));
+
+    // A dry run shows the plan and says the breaker would hold it; no hold.
+    let mut dry = args.to_vec();
+    dry.push("--dry-run");
+    let (status, out, err) = run_full(&dry, &env).await;
+    assert!(status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("would be held by the mass-deactivation breaker"),
+        "{err}"
+    );
+    let store = deprovision::audit::AuditStore::connect(&db)
+        .await
+        .expect("db");
+    assert!(store.held_manifest(&id).await.unwrap().is_none());
+
     let (status, out, err) = run_full(&args, &env).await;
     assert_eq!(status.code(), Some(3), "{out}\n{err}");
     assert!(err.contains("--approve"), "{err}");
     assert!(err.contains("MAX_TERMINATIONS_PER_MANIFEST=5"), "{err}");
-    let store = deprovision::audit::AuditStore::connect(&db)
-        .await
-        .expect("db");
-    assert!(store.termination_rows(None, None).await.unwrap().is_empty());
+    let rows = store.termination_rows(None, None).await.unwrap();
+    assert!(
+        rows.iter().all(|r| r.entry.outcome == Outcome::DryRun),
+        "only the dry run's rows: {rows:?}"
+    );
 
     let mut approved = args.to_vec();
     approved.extend(["--approve", "--by", "dave"]);
@@ -322,7 +339,6 @@ async fn run_refuses_an_over_limit_manifest_without_approve() {
         summary["tally"]["outcomes"],
         serde_json::json!([["deactivated", 6]])
     );
-    let id = manifest_id(&json_manifest(&recs));
     let held = store
         .held_manifest(&id)
         .await
@@ -640,4 +656,98 @@ async fn serve_and_dispatch_refuse_to_start_unsigned() {
     )
     .await;
     assert!(service.terminate().await.success());
+}
+
+fn draft(id_seed: &str) -> deprovision::audit::HeldManifest {
+    let sha = hex::encode(Sha256::digest(id_seed.as_bytes()));
+    deprovision::audit::HeldManifest {
+        manifest_id: sha[..16].to_owned(),
+        bucket: "hr".into(),
+        key: "m.json".into(),
+        version_id: None,
+        etag: Some("abc".into()),
+        sha256: sha,
+        terminations: 600,
+        active_users: Some(1000),
+        reason: "600 terminations exceed MAX_TERMINATIONS_PER_MANIFEST=500".into(),
+        state: HoldState::Held,
+        held_at: chrono::Utc::now(),
+        decided_by: None,
+        decided_at: None,
+    }
+}
+
+/// The hold table on both backends (and, on PostgreSQL, as the least-privilege
+/// worker role): a hold is inserted once, read back as written, and decided
+/// once; a second decision changes nothing.
+#[tokio::test]
+async fn holds_are_inserted_once_and_decided_once_on_both_backends() {
+    let pg = fresh_postgres().await;
+    let worker = format!("w_{}", uuid::Uuid::new_v4().simple());
+    pg.raw
+        .exec(&format!(
+            "CREATE ROLE {worker} LOGIN IN ROLE deprovision_worker"
+        ))
+        .await
+        .expect("worker login");
+    let worker_url = crate::audit::pg_url_for(pg.db_name.as_deref().expect("pg"), Some(&worker));
+    let as_worker = deprovision::audit::AuditStore::connect(&worker_url)
+        .await
+        .expect("worker connects");
+    let lite = crate::audit::fresh_sqlite().await;
+    for (name, store) in [("postgres", &as_worker), ("sqlite", &lite.store)] {
+        let h = draft(name);
+        assert!(store.insert_held_manifest(&h).await.expect(name), "{name}");
+        assert!(
+            !store.insert_held_manifest(&h).await.expect(name),
+            "{name}: second insert"
+        );
+        let back = store
+            .held_manifest(&h.manifest_id)
+            .await
+            .expect(name)
+            .expect(name);
+        assert_eq!(back.state, HoldState::Held);
+        assert_eq!(
+            (back.terminations, back.active_users, back.etag.as_deref()),
+            (600, Some(1000), Some("abc")),
+            "{name}"
+        );
+        assert_eq!(
+            back.held_at,
+            deprovision::audit::chain::to_stored_instant(h.held_at),
+            "{name}"
+        );
+        let at = chrono::Utc::now();
+        assert!(
+            store
+                .decide_held_manifest(&h.manifest_id, HoldState::Rejected, "carol", at)
+                .await
+                .expect(name)
+        );
+        assert!(
+            !store
+                .decide_held_manifest(&h.manifest_id, HoldState::Approved, "mallory", at)
+                .await
+                .expect(name),
+            "{name}: decided twice"
+        );
+        let back = store
+            .held_manifest(&h.manifest_id)
+            .await
+            .expect(name)
+            .expect(name);
+        assert_eq!(
+            (back.state, back.decided_by.as_deref()),
+            (HoldState::Rejected, Some("carol")),
+            "{name}"
+        );
+        assert!(
+            store
+                .held_manifest("0000000000000000")
+                .await
+                .expect(name)
+                .is_none()
+        );
+    }
 }
