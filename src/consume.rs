@@ -1254,6 +1254,7 @@ mod tests {
     use crate::audit::ManifestOrigin;
     use crate::domain::{EffectiveAt, ExternalId, ScimUserId, TerminationDate, TerminationRecord};
     use crate::queue::MemoryQueue;
+    use std::collections::BTreeMap;
     use std::sync::atomic::AtomicBool;
 
     /// Audit fake: an in-memory append-only list, with a switch that makes writes
@@ -1489,6 +1490,84 @@ mod tests {
         assert_eq!(dead[0].1[attr::REASON], "forbidden");
         assert!(dead[0].1[attr::DETAIL].contains("scripted forbidden"));
         assert_eq!(f.audit.outcomes(), [Outcome::Forbidden]);
+    }
+
+    #[tokio::test]
+    async fn unauthentic_messages_are_dead_lettered_before_anything_else() {
+        use crate::signing::{Keyring, MessageAuth};
+        let ring = Arc::new(
+            Keyring::parse(&secrecy::SecretString::from(
+                "k1:0123456789abcdef0123456789abcdef",
+            ))
+            .unwrap(),
+        );
+        let f = fixture(
+            5,
+            ConsumerOptions {
+                signing: MessageAuth::Hmac(ring.clone()),
+                ..quick()
+            },
+        );
+        let good = body("E1", "2020-01-01");
+        let altered = body("E2", "2020-01-01");
+        let unsigned = body("E3", "2020-01-01");
+        let forbidden = body("E4", "2020-01-01");
+        f.engine.script("E4", &[Outcome::Forbidden]);
+        let messages = [
+            (good.clone(), ring.sign(&good)),
+            (altered, ring.sign(&good)),
+            (unsigned, BTreeMap::new()),
+            (forbidden.clone(), ring.sign(&forbidden)),
+        ];
+        for (body, attributes) in messages {
+            f.queue
+                .send_batch(&[OutgoingMessage {
+                    body,
+                    attributes,
+                    ..OutgoingMessage::default()
+                }])
+                .await
+                .unwrap();
+        }
+        let mut steps = Vec::new();
+        for _ in 0..4 {
+            steps.push(f.consumer.handle(receive_one(&f.queue).await).await);
+        }
+        assert_eq!(
+            steps,
+            [
+                Step::Done(Outcome::Deactivated),
+                Step::DeadLettered(Outcome::Invalid),
+                Step::DeadLettered(Outcome::Invalid),
+                Step::DeadLettered(Outcome::Forbidden),
+            ]
+        );
+        assert_eq!(
+            f.engine.calls("E2") + f.engine.calls("E3"),
+            0,
+            "never acted on"
+        );
+        let dead = f.dlq.snapshot();
+        let reasons: Vec<&str> = dead.iter().map(|(_, a)| a[attr::REASON].as_str()).collect();
+        assert_eq!(reasons, ["bad_signature", "bad_signature", "forbidden"]);
+        // The signed copy keeps its signature, so a replay verifies.
+        assert_eq!(ring.verify(&dead[2].0, &dead[2].1), Ok("k1".into()));
+        let rows = lock(&f.audit.rows);
+        assert!(
+            rows[1]
+                .error_message
+                .as_deref()
+                .unwrap()
+                .contains("does not match")
+        );
+        assert!(
+            rows[2]
+                .error_message
+                .as_deref()
+                .unwrap()
+                .contains("not signed")
+        );
+        assert_eq!(rows[2].external_id.as_deref(), Some("E3"));
     }
 
     #[tokio::test]

@@ -1258,6 +1258,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_message_is_signed_over_its_exact_body() {
+        let ring = Arc::new(
+            crate::signing::Keyring::parse(&secrecy::SecretString::from(
+                "k2:0123456789abcdef0123456789abcdef-2,k1:0123456789abcdef0123456789abcdef-1",
+            ))
+            .unwrap(),
+        );
+        let file = manifest_file(
+            "externalId,terminationDate\nE1,2026-03-02\nE2,2026-03-02\n",
+            ".csv",
+        );
+        let queue = MemoryQueue::new("t", Duration::from_secs(600));
+        let d = Dispatcher::new(
+            None,
+            queue.clone(),
+            Arc::new(Rows::default()),
+            DispatchOptions {
+                signing: MessageAuth::Hmac(ring.clone()),
+                ..DispatchOptions::default()
+            },
+        );
+        let report = d
+            .dispatch(&ManifestSource::Local(file.path().into()), 1)
+            .await
+            .unwrap();
+        assert_eq!(report.enqueued, 2);
+        assert_eq!(report.manifest_id.as_deref().map(str::len), Some(16));
+        for (body, attrs) in queue.snapshot() {
+            assert_eq!(ring.verify(&body, &attrs), Ok("k2".to_owned()));
+            assert!(ring.verify(&body.replace("E", "X"), &attrs).is_err());
+        }
+    }
+
+    #[tokio::test]
     async fn a_file_broken_as_a_whole_enqueues_nothing() {
         let file = manifest_file(
             "[{\"externalId\":\"E1\",\"terminationDate\":\"2026-03-02\"},\n{\"externalId\": \"E2\",,}]",
