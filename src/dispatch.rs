@@ -173,6 +173,17 @@ pub enum DispatchError {
         /// What was read now.
         found: String,
     },
+    /// A read pinned to an ETag found a different object (S3 412
+    /// PreconditionFailed): the manifest was overwritten in the meantime.
+    #[error(
+        "manifest {manifest} was overwritten since it was read (ETag {etag} no longer matches); nothing was enqueued"
+    )]
+    Overwritten {
+        /// The manifest.
+        manifest: String,
+        /// The ETag it was pinned to.
+        etag: String,
+    },
     /// The mass-deactivation breaker could not decide (e.g. the active-user
     /// count failed); nothing was enqueued.
     #[error("manifest {manifest}: the mass-deactivation breaker could not decide: {detail}")]
@@ -859,9 +870,22 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                 {
                     get = get.if_match(format!("\"{etag}\""));
                 }
-                let out = get.send().await.map_err(|e| DispatchError::Fetch {
-                    object: object.clone(),
-                    detail: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                let out = get.send().await.map_err(|e| {
+                    use aws_sdk_s3::error::ProvideErrorMetadata;
+                    // A pinned read whose ETag no longer matches: the object was
+                    // overwritten since it was first read.
+                    if let Some(etag) = pin.and_then(|p| p.etag.clone())
+                        && e.code() == Some("PreconditionFailed")
+                    {
+                        return DispatchError::Overwritten {
+                            manifest: object.clone(),
+                            etag,
+                        };
+                    }
+                    DispatchError::Fetch {
+                        object: object.clone(),
+                        detail: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                    }
                 })?;
                 let got = Pin {
                     version_id: out.version_id().filter(|v| *v != "null").map(str::to_owned),

@@ -751,3 +751,44 @@ async fn holds_are_inserted_once_and_decided_once_on_both_backends() {
         );
     }
 }
+
+/// `approve` dispatches only the bytes that were held: once the object was
+/// overwritten, the pinned read fails (ETag no longer matches) and nothing is
+/// enqueued; the hold stays undecided.
+#[tokio::test]
+async fn approve_refuses_a_manifest_changed_since_it_was_held() {
+    let aws = aws().await;
+    let db = fresh_postgres().await;
+    let queues = aws.queues(5, 30).await;
+    let bucket = unique("hr-changed");
+    aws.s3
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket");
+    let recs = records("CH", 6);
+    let body = json_manifest(&recs);
+    let id = manifest_id(&body);
+    aws.put(&bucket, "hr/m.json", body).await;
+    let sim = start_sim(sim_config(&recs).0).await;
+    let env = with(
+        &env_for(&sim, &db.url, &queues),
+        &[("MAX_TERMINATIONS_PER_MANIFEST", "5")],
+    );
+    let (status, out, err) =
+        run_full(&["dispatch", &format!("s3://{bucket}/hr/m.json")], &env).await;
+    assert_eq!(status.code(), Some(3), "{out}\n{err}");
+
+    // HR "fixes" the file in place: different bytes under the same key.
+    aws.put(&bucket, "hr/m.json", json_manifest(&records("XX", 7)))
+        .await;
+    let (status, out, err) = run_full(&["approve", &id, "--by", "frank"], &env).await;
+    assert!(!status.success(), "approved changed content\n{out}");
+    assert!(err.contains(&format!("approving manifest {id}")), "{err}");
+    assert!(err.contains("was overwritten since it was read"), "{err}");
+    assert_eq!(aws.depth(&queues.terminations).await, 0, "nothing enqueued");
+    let held = db.store.held_manifest(&id).await.unwrap().unwrap();
+    assert_eq!(held.state, HoldState::Held);
+    assert!(!rows(&db).await.iter().any(|r| r.0 == "approve"));
+}
