@@ -199,6 +199,118 @@ impl ActorArgs {
     }
 }
 
+/// `MESSAGE_SIGNING`: whether termination messages are signed and verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SigningMode {
+    /// Sign and verify with `MESSAGE_SIGNING_KEYS` (the default).
+    #[default]
+    On,
+    /// Neither sign nor verify; logged as a warning at start-up.
+    Off,
+}
+
+/// Message authenticity (issue 6; [`crate::signing`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SigningArgs {
+    /// HMAC-SHA256 keys as `keyid:key[,keyid:key]`: the first key signs, every
+    /// key verifies (rotation; deploy/README.md). Each key at least 32
+    /// characters, e.g. `k1:$(openssl rand -hex 32)`.
+    #[arg(long, env = "MESSAGE_SIGNING_KEYS", hide_env_values = true)]
+    pub message_signing_keys: Option<SecretString>,
+    /// `off` disables signing and verification (explicitly; a warning is logged).
+    /// Without keys and without `off`, `serve` and `dispatch` refuse to start.
+    #[arg(long, env = "MESSAGE_SIGNING", value_enum, default_value_t = SigningMode::On)]
+    pub message_signing: SigningMode,
+}
+
+impl SigningArgs {
+    /// The signing set-up: the key ring, or [`crate::signing::MessageAuth::Off`]
+    /// when `MESSAGE_SIGNING=off` (a warning is logged). Without keys,
+    /// `ephemeral` gives a random in-process key (`run`), else it is an error.
+    /// Errors: [`ConfigError`] naming the variable, never a key.
+    pub fn auth(&self, ephemeral: bool) -> Result<crate::signing::MessageAuth, ConfigError> {
+        use crate::signing::{Keyring, MessageAuth};
+        if self.message_signing == SigningMode::Off {
+            tracing::warn!(
+                "MESSAGE_SIGNING=off: termination messages are neither signed nor verified; anyone who can send to the terminations queue can deactivate users"
+            );
+            return Ok(MessageAuth::Off);
+        }
+        let ring = match &self.message_signing_keys {
+            Some(raw) => Keyring::parse(raw).map_err(|e| ConfigError::Invalid {
+                name: "MESSAGE_SIGNING_KEYS",
+                reason: e.to_string(),
+            })?,
+            None if ephemeral => Keyring::ephemeral(),
+            None => {
+                return Err(ConfigError::Missing {
+                    name: "MESSAGE_SIGNING_KEYS",
+                    why: "termination messages must be signed; set keyid:key (or MESSAGE_SIGNING=off to run without signatures)",
+                });
+            }
+        };
+        tracing::info!(key_ids = ?ring.key_ids(), "message signing on");
+        Ok(MessageAuth::Hmac(std::sync::Arc::new(ring)))
+    }
+}
+
+/// The mass-deactivation breaker (issue 6; [`crate::breaker`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BreakerArgs {
+    /// A manifest with more distinct valid terminations than this is held whole
+    /// until approved.
+    #[arg(long, env = "MAX_TERMINATIONS_PER_MANIFEST", default_value_t = 500)]
+    pub max_terminations_per_manifest: u64,
+    /// A manifest terminating more than this share (0..=1) of the org's active
+    /// users is held whole until approved; 1 disables the share check (and the
+    /// active-user count request).
+    #[arg(long, env = "MAX_TERMINATIONS_SHARE", default_value_t = 0.10)]
+    pub max_terminations_share: f64,
+}
+
+impl BreakerArgs {
+    /// The limits. Errors: a share outside 0..=1 or not a number.
+    pub fn limits(&self) -> Result<crate::breaker::Limits, ConfigError> {
+        let share = self.max_terminations_share;
+        if !(0.0..=1.0).contains(&share) {
+            return Err(ConfigError::Invalid {
+                name: "MAX_TERMINATIONS_SHARE",
+                reason: format!("{share} is not between 0 and 1"),
+            });
+        }
+        Ok(crate::breaker::Limits {
+            max_per_manifest: self.max_terminations_per_manifest,
+            max_share: share,
+        })
+    }
+}
+
+/// Protected accounts (issue 6; [`crate::protect`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProtectionArgs {
+    /// Comma-separated userIds and/or externalIds that are never deactivated.
+    #[arg(long, env = "PROTECTED_USERS")]
+    pub protected_users: Option<String>,
+    /// Comma-separated Genesys group ids and/or display names whose members are
+    /// never deactivated (e.g. break-glass administrators).
+    #[arg(long, env = "PROTECTED_GROUPS")]
+    pub protected_groups: Option<String>,
+    /// Seconds a resolved `PROTECTED_GROUPS` name → id mapping is trusted.
+    #[arg(long, env = "PROTECTED_GROUPS_REFRESH_SECS", default_value_t = 300)]
+    pub protected_groups_refresh_secs: u64,
+}
+
+impl ProtectionArgs {
+    /// The protected lists.
+    pub fn protection(&self) -> crate::protect::Protection {
+        crate::protect::Protection::new(
+            self.protected_users.as_deref(),
+            self.protected_groups.as_deref(),
+            Duration::from_secs(self.protected_groups_refresh_secs),
+        )
+    }
+}
+
 /// The resolved SCIM target: how to reach it and which credentials to use.
 #[derive(Debug, Clone)]
 pub enum ScimTarget {

@@ -137,6 +137,10 @@ pub struct ConsumerOptions {
     pub dry_run: bool,
     /// What to do with a termination whose effective time is still ahead.
     pub not_due: NotDuePolicy,
+    /// Message authenticity: with keys, every message is verified before
+    /// anything else and an unsigned, altered or unknown-key message is
+    /// dead-lettered as `bad_signature` without contacting the SCIM service.
+    pub signing: crate::signing::MessageAuth,
 }
 
 /// What the pool does with a termination that is not yet due.
@@ -161,6 +165,7 @@ impl Default for ConsumerOptions {
             retry_max: Duration::from_secs(15 * 60),
             dry_run: false,
             not_due: NotDuePolicy::Hold,
+            signing: crate::signing::MessageAuth::Off,
         }
     }
 }
@@ -682,6 +687,26 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
     /// The decisions for one message.
     async fn step(&self, message: &ReceivedMessage) -> Step {
         let started = Instant::now();
+        // Authenticity first: nothing in an unauthentic body is trusted, not even
+        // for the idempotency check.
+        if let Err(e) = self
+            .options
+            .signing
+            .verify(&message.body, &message.attributes)
+        {
+            tracing::error!(error = %e, "termination message failed signature verification; dead-lettering without acting");
+            let mut entry = self.entry(message, None, Outcome::Invalid, started);
+            entry.external_id = raw_external_id(&message.body).map(|e| truncate(e.trim(), 256));
+            entry.error_message = Some(e.to_string());
+            return self
+                .dead_letter_coded(
+                    message,
+                    entry,
+                    crate::signing::BAD_SIGNATURE,
+                    &e.to_string(),
+                )
+                .await;
+        }
         let termination = match TerminationMessage::decode(&message.body) {
             Ok(t) => t,
             Err(e) => {
@@ -1063,6 +1088,20 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
         entry: AuditEntry,
         reason: &str,
     ) -> Step {
+        let code = entry.outcome.as_str();
+        self.dead_letter_coded(message, entry, code, reason).await
+    }
+
+    /// [`Self::dead_letter`] with the DLQ reason code given (e.g.
+    /// `bad_signature`) rather than the outcome's name. The copy keeps the
+    /// original's attributes (signature included, so a replay still verifies).
+    async fn dead_letter_coded(
+        &self,
+        message: &ReceivedMessage,
+        entry: AuditEntry,
+        code: &str,
+        reason: &str,
+    ) -> Step {
         let outcome = entry.outcome;
         if self.options.dry_run {
             let mut entry = entry;
@@ -1081,22 +1120,25 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
                 }
             };
         }
+        let mut attributes = message.attributes.clone();
+        attributes.extend([
+            (attr::REASON.to_owned(), code.to_owned()),
+            (attr::DETAIL.to_owned(), truncate(reason, 1000)),
+            (
+                attr::SOURCE_MESSAGE_ID.to_owned(),
+                message.message_id.clone(),
+            ),
+            (
+                attr::RECEIVE_COUNT.to_owned(),
+                message.receive_count.to_string(),
+            ),
+        ]);
+        // A replayed message carries its earlier replay mark; the DLQ copy is a
+        // fresh dead-lettering.
+        attributes.remove(attr::REPLAYED);
         let mut copy = OutgoingMessage {
             body: message.body.clone(),
-            attributes: [
-                (attr::REASON.to_owned(), outcome.as_str().to_owned()),
-                (attr::DETAIL.to_owned(), truncate(reason, 1000)),
-                (
-                    attr::SOURCE_MESSAGE_ID.to_owned(),
-                    message.message_id.clone(),
-                ),
-                (
-                    attr::RECEIVE_COUNT.to_owned(),
-                    message.receive_count.to_string(),
-                ),
-            ]
-            .into_iter()
-            .collect(),
+            attributes,
             delay: Duration::ZERO,
         };
         // A replay (which keeps the attributes) then continues this trace, under
@@ -1536,6 +1578,7 @@ mod tests {
     use crate::audit::ManifestOrigin;
     use crate::domain::{EffectiveAt, ExternalId, ScimUserId, TerminationDate, TerminationRecord};
     use crate::queue::MemoryQueue;
+    use std::collections::BTreeMap;
     use std::sync::atomic::AtomicBool;
 
     /// Audit fake: an in-memory append-only list, with a switch that makes writes
@@ -1807,6 +1850,84 @@ mod tests {
         assert_eq!(dead[0].1[attr::REASON], "forbidden");
         assert!(dead[0].1[attr::DETAIL].contains("scripted forbidden"));
         assert_eq!(f.audit.outcomes(), [Outcome::Forbidden]);
+    }
+
+    #[tokio::test]
+    async fn unauthentic_messages_are_dead_lettered_before_anything_else() {
+        use crate::signing::{Keyring, MessageAuth};
+        let ring = Arc::new(
+            Keyring::parse(&secrecy::SecretString::from(
+                "k1:0123456789abcdef0123456789abcdef",
+            ))
+            .unwrap(),
+        );
+        let f = fixture(
+            5,
+            ConsumerOptions {
+                signing: MessageAuth::Hmac(ring.clone()),
+                ..quick()
+            },
+        );
+        let good = body("E1", "2020-01-01");
+        let altered = body("E2", "2020-01-01");
+        let unsigned = body("E3", "2020-01-01");
+        let forbidden = body("E4", "2020-01-01");
+        f.engine.script("E4", &[Outcome::Forbidden]);
+        let messages = [
+            (good.clone(), ring.sign(&good)),
+            (altered, ring.sign(&good)),
+            (unsigned, BTreeMap::new()),
+            (forbidden.clone(), ring.sign(&forbidden)),
+        ];
+        for (body, attributes) in messages {
+            f.queue
+                .send_batch(&[OutgoingMessage {
+                    body,
+                    attributes,
+                    ..OutgoingMessage::default()
+                }])
+                .await
+                .unwrap();
+        }
+        let mut steps = Vec::new();
+        for _ in 0..4 {
+            steps.push(f.consumer.handle(receive_one(&f.queue).await).await);
+        }
+        assert_eq!(
+            steps,
+            [
+                Step::Done(Outcome::Deactivated),
+                Step::DeadLettered(Outcome::Invalid),
+                Step::DeadLettered(Outcome::Invalid),
+                Step::DeadLettered(Outcome::Forbidden),
+            ]
+        );
+        assert_eq!(
+            f.engine.calls("E2") + f.engine.calls("E3"),
+            0,
+            "never acted on"
+        );
+        let dead = f.dlq.snapshot();
+        let reasons: Vec<&str> = dead.iter().map(|(_, a)| a[attr::REASON].as_str()).collect();
+        assert_eq!(reasons, ["bad_signature", "bad_signature", "forbidden"]);
+        // The signed copy keeps its signature, so a replay verifies.
+        assert_eq!(ring.verify(&dead[2].0, &dead[2].1), Ok("k1".into()));
+        let rows = lock(&f.audit.rows);
+        assert!(
+            rows[1]
+                .error_message
+                .as_deref()
+                .unwrap()
+                .contains("does not match")
+        );
+        assert!(
+            rows[2]
+                .error_message
+                .as_deref()
+                .unwrap()
+                .contains("not signed")
+        );
+        assert_eq!(rows[2].external_id.as_deref(), Some("E3"));
     }
 
     #[tokio::test]

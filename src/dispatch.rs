@@ -25,11 +25,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, warn};
 
-use crate::audit::{AuditEntry, ManifestOrigin};
+use crate::audit::{AuditEntry, HeldManifest, HoldState, ManifestOrigin};
+use crate::breaker::{self, Breaker, Gate};
 use crate::consume::AuditSink;
 use crate::domain::{EffectiveAt, Outcome, TerminationRecord};
 use crate::manifest::{self, Entry, Format, ManifestError, Summary};
 use crate::queue::{MAX_BATCH, OutgoingMessage, Queue, TerminationMessage, truncate};
+use crate::signing::MessageAuth;
 
 /// An S3 client from the SDK configuration. With a custom endpoint
 /// (`AWS_ENDPOINT_URL`, e.g. moto) buckets are addressed by path, since such
@@ -161,6 +163,38 @@ pub enum DispatchError {
     /// A blocking parser task failed to run.
     #[error("manifest reader task failed: {0}")]
     Task(String),
+    /// An approved manifest's bytes are not the ones that were held.
+    #[error(
+        "manifest {manifest} is not the content that was held (SHA-256 {found}, held {expected}); nothing was enqueued"
+    )]
+    ContentChanged {
+        /// The manifest.
+        manifest: String,
+        /// The held content's SHA-256.
+        expected: String,
+        /// What was read now.
+        found: String,
+    },
+    /// A read pinned to an ETag found a different object (S3 412
+    /// PreconditionFailed): the manifest was overwritten in the meantime.
+    #[error(
+        "manifest {manifest} was overwritten since it was read (ETag {etag} no longer matches); nothing was enqueued"
+    )]
+    Overwritten {
+        /// The manifest.
+        manifest: String,
+        /// The ETag it was pinned to.
+        etag: String,
+    },
+    /// The mass-deactivation breaker could not decide (e.g. the active-user
+    /// count failed); nothing was enqueued.
+    #[error("manifest {manifest}: the mass-deactivation breaker could not decide: {detail}")]
+    Breaker {
+        /// The manifest.
+        manifest: String,
+        /// Why.
+        detail: String,
+    },
 }
 
 /// What one manifest came to.
@@ -182,6 +216,25 @@ pub struct DispatchReport {
     /// SHA-256 of the manifest's bytes as read (64 lowercase hex digits), so a
     /// plan or summary names exactly the file it is about.
     pub sha256: Option<String>,
+    /// `MANIFEST_ID`: the first 16 hex digits of the content's SHA-256 (absent
+    /// when the file could not be read as a whole).
+    pub manifest_id: Option<String>,
+    /// Why the mass-deactivation breaker held it, when it did (nothing was
+    /// enqueued; `deprovision approve MANIFEST_ID` releases it).
+    pub held: Option<String>,
+}
+
+/// An operator's approval of a held manifest: dispatch bypassing the breaker,
+/// only if the content is what was held.
+#[derive(Debug, Clone, Default)]
+pub struct Approved {
+    /// The held content's SHA-256 (64 hex digits); `None` approves whatever is
+    /// read (`run --approve`, where the operator names the file).
+    pub sha256: Option<String>,
+    /// The S3 version the hold read.
+    pub version_id: Option<String>,
+    /// The ETag the hold read (used as `If-Match` when there is no version).
+    pub etag: Option<String>,
 }
 
 /// Most rejected records a [`DispatchReport`] lists, so that its memory stays
@@ -218,6 +271,10 @@ pub struct DispatchOptions {
     /// A dry run: rejected records and the manifest are audited as `dry_run`
     /// (saying what would have been recorded), never as `invalid`/`scheduled`.
     pub dry_run: bool,
+    /// How each message is signed (`MESSAGE_SIGNING_KEYS`).
+    pub signing: MessageAuth,
+    /// The mass-deactivation breaker, when on.
+    pub breaker: Option<Arc<Breaker>>,
 }
 
 impl Default for DispatchOptions {
@@ -229,6 +286,8 @@ impl Default for DispatchOptions {
             send_attempts: 5,
             send_retry_base: Duration::from_millis(200),
             dry_run: false,
+            signing: MessageAuth::Off,
+            breaker: None,
         }
     }
 }
@@ -427,16 +486,31 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         source: &ManifestSource,
         attempt: u32,
     ) -> Result<DispatchReport, DispatchError> {
-        self.fan_out(source, attempt, true).await
+        self.fan_out(source, attempt, true, None).await
     }
 
     /// `dispatch --dry-run`: reads and validates the manifest exactly as
     /// [`Dispatcher::dispatch`] does and reports what would be enqueued
     /// (`summary.valid`) and what is rejected, but enqueues nothing
-    /// (`enqueued` = 0). The manifest and each rejected record are audited as
-    /// `dry_run`. Errors: as [`Dispatcher::dispatch`].
+    /// (`enqueued` = 0) and holds nothing (the breaker is not consulted). The
+    /// manifest and each rejected record are audited as `dry_run`. Errors: as
+    /// [`Dispatcher::dispatch`].
     pub async fn plan(&self, source: &ManifestSource) -> Result<DispatchReport, DispatchError> {
-        self.fan_out(source, 1, false).await
+        self.fan_out(source, 1, false, None).await
+    }
+
+    /// Dispatches a manifest an operator approved, bypassing the breaker: the
+    /// first read is pinned to `approved`'s version (or ETag), and nothing is
+    /// enqueued unless the content's SHA-256 equals `approved.sha256` (when
+    /// given). Errors: as [`Dispatcher::dispatch`], and
+    /// [`DispatchError::ContentChanged`].
+    pub async fn dispatch_approved(
+        &self,
+        source: &ManifestSource,
+        attempt: u32,
+        approved: &Approved,
+    ) -> Result<DispatchReport, DispatchError> {
+        self.fan_out(source, attempt, true, Some(approved)).await
     }
 
     async fn fan_out(
@@ -444,10 +518,11 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         source: &ManifestSource,
         attempt: u32,
         enqueue: bool,
+        approved: Option<&Approved>,
     ) -> Result<DispatchReport, DispatchError> {
         let span = crate::telemetry::dispatch_span(&source.name(), attempt);
         let result = self
-            .fan_out_in(source, attempt, enqueue, &span)
+            .fan_out_in(source, attempt, enqueue, approved, &span)
             .instrument(span.clone())
             .await;
         if let Ok(report) = &result {
@@ -462,6 +537,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         source: &ManifestSource,
         attempt: u32,
         enqueue: bool,
+        approved: Option<&Approved>,
         span: &tracing::Span,
     ) -> Result<DispatchReport, DispatchError> {
         let dry_run = self.options.dry_run || !enqueue;
@@ -469,21 +545,19 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         crate::telemetry::inject_into(span, &mut trace);
         let name = source.name();
         let hint = source.hint();
-        let (reader, pin) = self.open(source, None).await?;
-        let (first, sha256) = tokio::task::spawn_blocking(move || {
-            let mut hashing = Hashing::new(reader);
-            let first = manifest::validate(&mut hashing, hint);
-            // The parser may stop at the end of the data; the digest covers
-            // every byte (a read error here already failed the pass).
-            let _ = io::copy(&mut hashing, &mut io::sink());
-            (first, hashing.hex())
-        })
-        .await
-        .map_err(|e| DispatchError::Task(e.to_string()))?;
-        let sha256 = Some(sha256);
+        let first_pin = approved
+            .filter(|a| a.version_id.is_some() || a.etag.is_some())
+            .map(|a| Pin {
+                version_id: a.version_id.clone(),
+                etag: a.etag.clone(),
+            });
+        let (reader, pin) = self.open(source, first_pin.as_ref()).await?;
+        let first = tokio::task::spawn_blocking(move || breaker::count_and_hash(reader, hint))
+            .await
+            .map_err(|e| DispatchError::Task(e.to_string()))?;
         let origin = self.origin(source, &pin);
-        let first = match first {
-            Ok(summary) => summary,
+        let (first, sha256) = match first {
+            Ok(counted) => counted,
             Err(ManifestError::Io(source)) => {
                 return Err(DispatchError::Io {
                     manifest: name,
@@ -502,13 +576,43 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                     enqueued: 0,
                     rejected_file: Some(reason),
                     rejected_records: Vec::new(),
-                    sha256,
+                    sha256: None,
+                    manifest_id: None,
+                    held: None,
                 };
                 self.audit_manifest(&report, attempt, dry_run).await?;
                 return Ok(report);
             }
         };
-        info!(manifest = name, ?first, "manifest validated");
+        let manifest_id = breaker::manifest_id(&sha256);
+        info!(manifest = name, manifest_id, ?first, "manifest validated");
+        match approved {
+            Some(a) => {
+                if let Some(expected) = &a.sha256
+                    && *expected != sha256
+                {
+                    return Err(DispatchError::ContentChanged {
+                        manifest: name,
+                        expected: expected.clone(),
+                        found: sha256,
+                    });
+                }
+                info!(
+                    manifest = name,
+                    manifest_id, "approved manifest; the breaker is bypassed"
+                );
+            }
+            // A plan shows what would be enqueued; the breaker holds real runs.
+            None if dry_run => {}
+            None => {
+                if let Some(report) = self
+                    .breaker_gate(&name, &origin, &pin, &sha256, &first, attempt)
+                    .await?
+                {
+                    return Ok(report);
+                }
+            }
+        }
 
         let (reader, _) = self.open(source, Some(&pin)).await?;
         let (tx, mut rx) = mpsc::channel::<Entry>(1024);
@@ -541,9 +645,14 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                         self.options.hr_timezone,
                         self.options.effective_at,
                     );
+                    let body = message.encode();
                     batch.push(OutgoingMessage {
-                        body: message.encode(),
-                        attributes: trace.clone(),
+                        attributes: {
+                            let mut attributes = self.options.signing.sign(&body);
+                            attributes.extend(trace.clone());
+                            attributes
+                        },
+                        body,
                         ..OutgoingMessage::default()
                     });
                     if batch.len() == MAX_BATCH {
@@ -670,7 +779,9 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             enqueued,
             rejected_file: None,
             rejected_records,
-            sha256,
+            sha256: Some(sha256),
+            manifest_id: Some(manifest_id),
+            held: None,
         };
         self.audit_manifest(&report, attempt, dry_run).await?;
         info!(
@@ -858,9 +969,22 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                 {
                     get = get.if_match(format!("\"{etag}\""));
                 }
-                let out = get.send().await.map_err(|e| DispatchError::Fetch {
-                    object: object.clone(),
-                    detail: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                let out = get.send().await.map_err(|e| {
+                    use aws_sdk_s3::error::ProvideErrorMetadata;
+                    // A pinned read whose ETag no longer matches: the object was
+                    // overwritten since it was first read.
+                    if let Some(etag) = pin.and_then(|p| p.etag.clone())
+                        && e.code() == Some("PreconditionFailed")
+                    {
+                        return DispatchError::Overwritten {
+                            manifest: object.clone(),
+                            etag,
+                        };
+                    }
+                    DispatchError::Fetch {
+                        object: object.clone(),
+                        detail: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                    }
                 })?;
                 let got = Pin {
                     version_id: out.version_id().filter(|v| *v != "null").map(str::to_owned),
@@ -938,6 +1062,86 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         })
     }
 
+    /// Asks the breaker (when on) whether this manifest may be dispatched. A hold
+    /// is returned as the report (nothing enqueued), with a `held` audit row and
+    /// an error-level log the first time it is held.
+    async fn breaker_gate(
+        &self,
+        name: &str,
+        origin: &ManifestOrigin,
+        pin: &Pin,
+        sha256: &str,
+        first: &Summary,
+        attempt: u32,
+    ) -> Result<Option<DispatchReport>, DispatchError> {
+        let Some(b) = &self.options.breaker else {
+            return Ok(None);
+        };
+        let manifest_id = breaker::manifest_id(sha256);
+        let draft = HeldManifest {
+            manifest_id: manifest_id.clone(),
+            bucket: origin.bucket.clone(),
+            key: origin.key.clone(),
+            version_id: pin.version_id.clone(),
+            etag: pin.etag.clone(),
+            sha256: sha256.to_owned(),
+            terminations: first.valid,
+            active_users: None,
+            reason: String::new(),
+            state: HoldState::Held,
+            held_at: chrono::Utc::now(),
+            decided_by: None,
+            decided_at: None,
+        };
+        let gate = b.gate(&draft).await.map_err(|e| DispatchError::Breaker {
+            manifest: name.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let Gate::Hold { reason, new } = gate else {
+            return Ok(None);
+        };
+        let how = format!(
+            "approve with `deprovision approve {manifest_id}` or discard with `deprovision reject {manifest_id}`"
+        );
+        error!(
+            manifest = name,
+            manifest_id,
+            terminations = first.valid,
+            reason,
+            "mass-deactivation breaker: manifest held whole, nothing enqueued; {how}"
+        );
+        if new {
+            let mut row = breaker::manifest_row(
+                "manifest",
+                Outcome::Held,
+                false,
+                format!(
+                    "held by the mass-deactivation breaker as {manifest_id}: {reason}; nothing enqueued; {how}"
+                ),
+                origin.clone(),
+                None,
+            );
+            row.attempt = attempt;
+            self.audit
+                .append(&row)
+                .await
+                .map_err(|e| DispatchError::Audit {
+                    manifest: name.to_owned(),
+                    detail: e.to_string(),
+                })?;
+        }
+        Ok(Some(DispatchReport {
+            origin: origin.clone(),
+            summary: *first,
+            enqueued: 0,
+            rejected_file: None,
+            rejected_records: Vec::new(),
+            sha256: Some(sha256.to_owned()),
+            manifest_id: Some(manifest_id),
+            held: Some(reason),
+        }))
+    }
+
     async fn audit_manifest(
         &self,
         report: &DispatchReport,
@@ -1002,37 +1206,6 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                 manifest: format!("{}/{}", report.origin.bucket, report.origin.key),
                 detail: e.to_string(),
             })
-    }
-}
-
-/// A reader that hashes what passes through it (SHA-256), for the manifest's
-/// digest without a separate pass.
-struct Hashing<R> {
-    inner: R,
-    hash: sha2::Sha256,
-}
-
-impl<R: Read> Hashing<R> {
-    fn new(inner: R) -> Self {
-        use sha2::Digest;
-        Self {
-            inner,
-            hash: sha2::Sha256::new(),
-        }
-    }
-
-    fn hex(self) -> String {
-        use sha2::Digest;
-        hex::encode(self.hash.finalize())
-    }
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use sha2::Digest;
-        let n = self.inner.read(buf)?;
-        self.hash.update(buf.get(..n).unwrap_or_default());
-        Ok(n)
     }
 }
 
@@ -1225,6 +1398,40 @@ mod tests {
                 .unwrap()
                 .contains("records=26 valid=23 rejected=2 duplicates=1 enqueued=23")
         );
+    }
+
+    #[tokio::test]
+    async fn every_message_is_signed_over_its_exact_body() {
+        let ring = Arc::new(
+            crate::signing::Keyring::parse(&secrecy::SecretString::from(
+                "k2:0123456789abcdef0123456789abcdef-2,k1:0123456789abcdef0123456789abcdef-1",
+            ))
+            .unwrap(),
+        );
+        let file = manifest_file(
+            "externalId,terminationDate\nE1,2026-03-02\nE2,2026-03-02\n",
+            ".csv",
+        );
+        let queue = MemoryQueue::new("t", Duration::from_secs(600));
+        let d = Dispatcher::new(
+            None,
+            queue.clone(),
+            Arc::new(Rows::default()),
+            DispatchOptions {
+                signing: MessageAuth::Hmac(ring.clone()),
+                ..DispatchOptions::default()
+            },
+        );
+        let report = d
+            .dispatch(&ManifestSource::Local(file.path().into()), 1)
+            .await
+            .unwrap();
+        assert_eq!(report.enqueued, 2);
+        assert_eq!(report.manifest_id.as_deref().map(str::len), Some(16));
+        for (body, attrs) in queue.snapshot() {
+            assert_eq!(ring.verify(&body, &attrs), Ok("k2".to_owned()));
+            assert!(ring.verify(&body.replace("E", "X"), &attrs).is_err());
+        }
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::config::{ConfigError, ScimArgs};
 use crate::domain::{Credential, ExternalId, Outcome, ScimUserId};
 use crate::limit::RateLimiter;
+use crate::protect::Protection;
 use crate::scim::{
     ClientOptions, Reference, ScimClient, ScimError, ScimUser, Session, patch::deactivate_user,
 };
@@ -175,6 +176,8 @@ impl From<ScimError> for EngineError {
 pub struct Engine {
     client: ScimClient,
     options: EngineOptions,
+    /// Accounts never deactivated (`PROTECTED_USERS`, `PROTECTED_GROUPS`).
+    protection: std::sync::Arc<Protection>,
 }
 
 /// How a run stopped short of success.
@@ -217,7 +220,20 @@ fn classify(e: &ScimError) -> Outcome {
 impl Engine {
     /// An engine over `client`.
     pub fn new(client: ScimClient, options: EngineOptions) -> Self {
-        Self { client, options }
+        Self {
+            client,
+            options,
+            protection: std::sync::Arc::default(),
+        }
+    }
+
+    /// The same engine, refusing to touch the accounts `protection` lists: after
+    /// resolving a user and reading its groups, and before any mutating request
+    /// (dry runs included), a protected user ends as [`Outcome::Protected`],
+    /// logged at error level.
+    pub fn with_protection(mut self, protection: std::sync::Arc<Protection>) -> Self {
+        self.protection = protection;
+        self
     }
 
     /// Builds the client (target, `RATE_LIMIT_PER_MINUTE` limiter, timeout) and
@@ -402,12 +418,17 @@ impl Engine {
         })?;
         p.user_id = Some(user_id.clone());
         let was_active = user.active != Some(false);
-        let groups: Vec<GroupRef> = s
-            .groups_of(&user)
-            .await?
-            .into_iter()
-            .map(GroupRef::from)
-            .collect();
+        let references = s.groups_of(&user).await?;
+        if !self.protection.is_empty()
+            && let Some(reason) = self.protection.check(s, &user, &references).await?
+        {
+            tracing::error!(%user_id, %reason, "protected account in a termination; nothing was changed");
+            return Err(Stop::Decided(
+                Outcome::Protected,
+                format!("protected account: {reason}; nothing was changed"),
+            ));
+        }
+        let groups: Vec<GroupRef> = references.into_iter().map(GroupRef::from).collect();
         let roles = if self.options.remove_roles {
             user.role_names()
         } else {

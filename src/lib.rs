@@ -12,12 +12,17 @@
 //!   records.
 //! - [`dispatch`]: turns S3 event notifications into one queue message per
 //!   termination.
+//! - [`breaker`]: the mass-deactivation breaker: holds an over-limit manifest
+//!   whole until `approve` or `reject`.
+//! - [`signing`]: HMAC-SHA256 signatures on termination messages (key rotation).
 //! - [`queue`]: the message source/sink abstraction: SQS, and an in-process queue
 //!   for the embedded `run`.
 //! - [`consume`]: the worker loop: receive, deprovision, audit, then delete or
 //!   dead-letter.
 //! - [`engine`]: deprovisions one person: resolve, deactivate, strip groups,
 //!   verify, classify.
+//! - [`protect`]: protected accounts (`PROTECTED_USERS`, `PROTECTED_GROUPS`) the
+//!   engine never deactivates.
 //! - [`scim`]: the SCIM 2.0 client and the OAuth token provider.
 //! - [`limit`]: the shared, adaptive request-rate limiter.
 //! - [`audit`]: the append-only, hash-chained audit store (PostgreSQL, SQLite),
@@ -27,6 +32,7 @@
 //! - [`sim`]: the Genesys Cloud SCIM simulator (`deprovision simulate`).
 
 pub mod audit;
+pub mod breaker;
 pub mod config;
 pub mod consume;
 pub mod dispatch;
@@ -35,8 +41,10 @@ pub mod engine;
 pub mod limit;
 pub mod manifest;
 pub mod plan;
+pub mod protect;
 pub mod queue;
 pub mod report;
 pub mod scim;
+pub mod signing;
 pub mod sim;
 pub mod telemetry;

@@ -14,6 +14,7 @@
 
 pub mod chain;
 mod claims;
+mod held;
 mod postgres;
 mod sqlite;
 
@@ -27,6 +28,7 @@ use crate::domain::{Credential, IdempotencyKey, Outcome};
 
 pub use chain::{BreakReason, BrokenRow, VerifyReport};
 pub use claims::ClaimState;
+pub use held::{HeldManifest, HoldState};
 
 /// Where a termination came from: the manifest object and the record's position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -143,6 +145,15 @@ pub enum AuditError {
         /// The externalId (or `userId:…` key) being claimed.
         person: String,
         /// The driver's error (e.g. the table is missing: run `deprovision migrate`).
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Reading or writing the `held_manifests` table (the breaker's holds) failed.
+    #[error("cannot {what}: {source} (has `deprovision migrate` been run?)")]
+    Held {
+        /// Which operation.
+        what: &'static str,
+        /// The driver's error.
         #[source]
         source: sqlx::Error,
     },

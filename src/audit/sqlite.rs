@@ -73,7 +73,8 @@ impl SqliteStore {
             .map_err(|source| AuditError::Migrate { source })
     }
 
-    /// The pool, for the claims table (`super::claims`).
+    /// The pool, for the claims table (`super::claims`) and the
+    /// `held_manifests` queries (`super::held`).
     pub(super) fn pool(&self) -> &SqlitePool {
         &self.pool
     }

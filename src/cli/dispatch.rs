@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use deprovision::audit::AuditStore;
-use deprovision::config::{AuditArgs, AwsArgs, PolicyArgs};
+use deprovision::breaker::Breaker;
+use deprovision::config::{AuditArgs, AwsArgs, BreakerArgs, PolicyArgs, ScimArgs, SigningArgs};
 use deprovision::dispatch::{DispatchOptions, Dispatcher, ManifestSource, s3_client};
 use deprovision::queue::sqs::load_aws_config;
 use deprovision::queue::{MemoryQueue, SqsQueue};
@@ -34,10 +35,18 @@ pub struct DispatchArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub aws: AwsArgs,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+    #[command(flatten)]
+    pub breaker: BreakerArgs,
+    /// The SCIM service, for the breaker's active-user count.
+    #[command(flatten)]
+    pub scim: ScimArgs,
 }
 
 /// Dispatches the manifest. Exit 0 when dispatched, 2 when the file was rejected
-/// as a whole (audited; nothing enqueued).
+/// as a whole (audited; nothing enqueued), 3 when the mass-deactivation breaker
+/// held it (audited; nothing enqueued; `deprovision approve MANIFEST_ID`).
 pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     let mut source = ManifestSource::parse(&args.manifest)?;
     match &mut source {
@@ -47,6 +56,8 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
             "dispatch takes s3://bucket/key; for a local file use `deprovision run FILE` (or `dispatch --dry-run FILE` to validate it)"
         ),
     }
+    let signing = args.signing.auth(false)?;
+    let limits = args.breaker.limits()?;
     let aws = load_aws_config().await;
     if args.dry_run {
         return plan(args, &source, &aws).await;
@@ -61,6 +72,8 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("terminations queue")?;
     let audit = Arc::new(AuditStore::open(&args.audit).await.context("audit store")?);
+    let scim = super::serve::breaker_scim(&args.scim, &limits)?;
+    let breaker = Arc::new(Breaker::new(limits, scim, (*audit).clone()));
     let dispatcher = Dispatcher::new(
         Some(s3_client(&aws)),
         queue,
@@ -68,15 +81,18 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         DispatchOptions {
             hr_timezone: args.policy.hr_timezone,
             effective_at: args.policy.termination_effective_at,
+            signing,
+            breaker: Some(breaker),
             ..DispatchOptions::default()
         },
     );
     let report = dispatcher.dispatch(&source, 1).await?;
     audit.close().await;
     println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(match report.rejected_file {
-        Some(_) => ExitCode::from(2),
-        None => ExitCode::SUCCESS,
+    Ok(match (&report.rejected_file, &report.held) {
+        (Some(_), _) => ExitCode::from(2),
+        (None, Some(_)) => ExitCode::from(3),
+        (None, None) => ExitCode::SUCCESS,
     })
 }
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use deprovision::telemetry::LogFormat;
 
+mod approve;
 mod audit;
 mod dispatch;
 mod healthcheck;
@@ -53,6 +54,10 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Audit log integrity: verify the hash chain.
     Audit(audit::AuditCommandArgs),
+    /// Release a manifest held by the mass-deactivation breaker: dispatch it.
+    Approve(Box<approve::ApproveArgs>),
+    /// Discard a manifest held by the mass-deactivation breaker.
+    Reject(Box<approve::RejectArgs>),
 }
 
 /// Runs one command to completion.
@@ -68,5 +73,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Migrate(args) => migrate::run(args).await,
         Command::Report(args) => report::run(args).await,
         Command::Audit(args) => audit::run(args).await,
+        Command::Approve(args) => approve::approve(*args).await,
+        Command::Reject(args) => approve::reject(*args).await,
     }
 }

@@ -23,10 +23,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deprovision::audit::AuditStore;
-use deprovision::config::{AuditArgs, PolicyArgs, ScimArgs};
+use deprovision::breaker::Breaker;
+use deprovision::config::{
+    AuditArgs, BreakerArgs, PolicyArgs, ProtectionArgs, ScimArgs, SigningArgs,
+};
 use deprovision::consume::{Consumer, ConsumerOptions, NotDuePolicy, TallySnapshot};
 use deprovision::dispatch::{
-    DispatchOptions, DispatchReport, Dispatcher, ManifestSource, s3_client,
+    Approved, DispatchOptions, DispatchReport, Dispatcher, ManifestSource, s3_client,
 };
 use deprovision::domain::Outcome;
 use deprovision::engine::Engine;
@@ -57,12 +60,25 @@ pub struct RunArgs {
     /// Summary format on standard output.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Dispatch even if the mass-deactivation breaker would hold the manifest
+    /// (audited as approved by the OS user).
+    #[arg(long)]
+    pub approve: bool,
+    /// Who approves with `--approve` (recorded in the audit; default: the OS user).
+    #[arg(long, env = "USER", default_value = "operator")]
+    pub by: String,
     #[command(flatten)]
     pub scim: ScimArgs,
     #[command(flatten)]
     pub audit: AuditArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+    #[command(flatten)]
+    pub breaker: BreakerArgs,
+    #[command(flatten)]
+    pub protection: ProtectionArgs,
 }
 
 /// Summary format.
@@ -142,6 +158,15 @@ const SANDBOX_ELEVATED: (&str, &str) = ("sandbox-elevated", "sandbox-elevated-se
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let shutdown = super::serve::shutdown_on_signal();
     let source = ManifestSource::parse(&args.manifest)?;
+    // The in-process queue never leaves the process: without keys an ephemeral
+    // one signs and verifies, so the same checks run as in the service.
+    let signing = args.signing.auth(true)?;
+    let mut limits = args.breaker.limits()?;
+    if args.sandbox {
+        // The sandbox org holds only the manifest's people: every manifest would
+        // be 100% of it.
+        limits.max_share = 1.0;
+    }
     let s3 = match &source {
         ManifestSource::S3(_) => Some(s3_client(&load_aws_config().await)),
         ManifestSource::Local(_) => None,
@@ -161,7 +186,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         5,
     );
     let dispatcher = Dispatcher::new(
-        s3,
+        s3.clone(),
         queue.clone(),
         audit.clone(),
         DispatchOptions {
@@ -205,6 +230,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(e) => format!("unresolved ({e})"),
         },
     };
+    let engine = super::serve::protected_engine(engine, &args.protection);
+    let breaker = Arc::new(Breaker::new(
+        limits,
+        limits.checks_share().then(|| engine.client().clone()),
+        (*audit).clone(),
+    ));
+    let dispatcher = Dispatcher::new(
+        s3,
+        queue.clone(),
+        audit.clone(),
+        DispatchOptions {
+            hr_timezone: args.policy.hr_timezone,
+            effective_at: args.policy.termination_effective_at,
+            dry_run: args.dry_run,
+            signing: signing.clone(),
+            // A dry run changes nothing, and is how a reviewer sees the plan of
+            // a manifest the breaker would hold: it is assessed, not held.
+            breaker: (!args.dry_run).then(|| breaker.clone()),
+            ..DispatchOptions::default()
+        },
+    );
 
     let consumer = Consumer::new(
         queue.clone(),
@@ -217,6 +263,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             not_due: NotDuePolicy::Defer,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            signing,
             ..ConsumerOptions::default()
         },
     );
@@ -236,7 +283,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(async move { consumer.run(stop).await })
     };
 
-    let dispatched = dispatcher.dispatch(&source, 1).await;
+    let dispatched = if args.approve {
+        dispatcher
+            .dispatch_approved(&source, 1, &Approved::default())
+            .await
+    } else {
+        dispatcher.dispatch(&source, 1).await
+    };
     let report = match dispatched {
         Ok(report) => report,
         Err(e) => {
@@ -250,6 +303,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let _ = pool.await;
         eprintln!("manifest rejected as a whole, nothing was done: {reason}");
         return Ok(ExitCode::from(2));
+    }
+    if let Some(reason) = &report.held {
+        stop_pool.cancel();
+        let _ = pool.await;
+        audit.close().await;
+        let id = report.manifest_id.as_deref().unwrap_or("-");
+        eprintln!(
+            "manifest held by the mass-deactivation breaker as {id}, nothing was done: {reason}\n\
+             if this many terminations are intended, run again with --approve \
+             (or `deprovision reject {id}` to discard it)"
+        );
+        return Ok(ExitCode::from(3));
+    }
+    if args.approve && !args.dry_run {
+        super::approve::record_run_approval(&audit, &report, &args.by).await?;
+    }
+    if args.dry_run && !args.approve {
+        match breaker.assess(report.summary.valid).await {
+            Ok((Some(reason), _)) => eprintln!(
+                "dry run: a real run would be held by the mass-deactivation breaker ({reason}); it would need --approve"
+            ),
+            Ok((None, _)) => {}
+            Err(e) => eprintln!(
+                "dry run: the mass-deactivation breaker could not assess this manifest: {e}"
+            ),
+        }
     }
 
     let progress = progress_bar(report.summary.valid);

@@ -16,8 +16,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use deprovision::audit::AuditStore;
+use deprovision::breaker::{Breaker, Limits};
 use deprovision::config::{
-    AuditArgs, AwsArgs, ConsumerArgs, HealthArgs, PolicyArgs, ScimArgs, ScimTarget,
+    AuditArgs, AwsArgs, BreakerArgs, ConsumerArgs, HealthArgs, PolicyArgs, ProtectionArgs,
+    ScimArgs, ScimTarget, SigningArgs,
 };
 use deprovision::consume::{AuditSink, Consumer, ConsumerOptions};
 use deprovision::dispatch::{DispatchOptions, Dispatcher, s3_client};
@@ -48,6 +50,38 @@ pub struct ServeArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub aws: AwsArgs,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+    #[command(flatten)]
+    pub breaker: BreakerArgs,
+    #[command(flatten)]
+    pub protection: ProtectionArgs,
+}
+
+/// The SCIM client the breaker counts active users with: only when the share
+/// check is on, and then the SCIM settings are required.
+pub fn breaker_scim(
+    scim: &ScimArgs,
+    limits: &Limits,
+) -> anyhow::Result<Option<deprovision::scim::ScimClient>> {
+    if !limits.checks_share() {
+        return Ok(None);
+    }
+    let engine = Engine::from_args(scim).context(
+        "MAX_TERMINATIONS_SHARE needs the SCIM settings to count the org's active users (or set MAX_TERMINATIONS_SHARE=1)",
+    )?;
+    Ok(Some(engine.client().clone()))
+}
+
+/// The engine with the protected accounts of `protection`, logging what is
+/// protected (counts only).
+pub fn protected_engine(engine: Engine, protection: &ProtectionArgs) -> Engine {
+    let p = protection.protection();
+    let (users, groups) = p.counts();
+    if !p.is_empty() {
+        tracing::info!(users, groups, "protected accounts configured");
+    }
+    engine.with_protection(Arc::new(p))
 }
 
 /// The terminations queue and its dead-letter queue (from
@@ -213,7 +247,14 @@ async fn serve_health(
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_on_signal();
     let target = args.scim.target()?;
-    let engine = Arc::new(Engine::from_args(&args.scim).context("SCIM client")?);
+    let signing = args.signing.auth(false)?;
+    let limits = args.breaker.limits()?;
+    let engine = protected_engine(
+        Engine::from_args(&args.scim).context("SCIM client")?,
+        &args.protection,
+    );
+    let breaker_scim = limits.checks_share().then(|| engine.client().clone());
+    let engine = Arc::new(engine);
     let audit = Arc::new(AuditStore::open(&args.audit).await.context("audit store")?);
     let aws = load_aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
@@ -260,6 +301,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         attempt_timeout: args.consumer.attempt_timeout(),
         retry_base: args.consumer.retry_base(),
         dry_run: args.dry_run,
+        signing: signing.clone(),
         ..ConsumerOptions::default()
     };
     let consumer = Consumer::new(
@@ -277,6 +319,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             hr_timezone: args.policy.hr_timezone,
             effective_at: args.policy.termination_effective_at,
             dry_run: args.dry_run,
+            signing,
+            breaker: Some(Arc::new(Breaker::new(
+                limits,
+                breaker_scim,
+                (*audit).clone(),
+            ))),
             ..DispatchOptions::default()
         },
     );

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deprovision::audit::{AuditEntry, AuditStore, ClaimState};
-use deprovision::config::{ActorArgs, AuditArgs, ScimArgs};
+use deprovision::config::{ActorArgs, AuditArgs, ProtectionArgs, ScimArgs};
 use deprovision::domain::{ExternalId, Outcome, ScimUserId};
 use deprovision::engine::{Engine, Report, Subject};
 use deprovision::plan::{describe, planned_now, would_label};
@@ -58,6 +58,8 @@ pub struct UserArgs {
     pub scim: ScimArgs,
     #[command(flatten)]
     pub audit: AuditArgs,
+    #[command(flatten)]
+    pub protection: ProtectionArgs,
 }
 
 fn parse_external_id(raw: &str) -> Result<ExternalId, String> {
@@ -101,7 +103,7 @@ pub async fn run(args: UserArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("give --external-id or --user-id");
     };
     let requested_at = chrono::Utc::now();
-    let engine = Engine::from_args(&args.scim)?;
+    let engine = super::serve::protected_engine(Engine::from_args(&args.scim)?, &args.protection);
     // Open the audit store before touching the account: a change that cannot be
     // recorded must not be made.
     let store = AuditStore::open(&args.audit)

@@ -48,6 +48,11 @@ pub mod attr {
     /// Set by `replay-dlq` on a message moved back: the termination may be
     /// attempted again even though its last outcome was a dead-lettering one.
     pub const REPLAYED: &str = "deprovision.replayed";
+    /// The id of the key that signed the body (`MESSAGE_SIGNING_KEYS`), see
+    /// [`crate::signing`].
+    pub const SIGNATURE_KEY_ID: &str = "deprovision.signature-key-id";
+    /// Lowercase hex HMAC-SHA256 of the exact body bytes under that key.
+    pub const SIGNATURE: &str = "deprovision.signature";
 }
 
 /// One received message.

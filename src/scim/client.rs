@@ -770,6 +770,65 @@ impl Session<'_> {
         Ok(found)
     }
 
+    /// How many active users the organisation has: `totalResults` of a user list
+    /// with `count=0` (RFC 7644 §3.4.2.4). On Genesys an unfiltered list holds
+    /// only active users (API description, getScimV2Users: "To return all active
+    /// users, do not use the filter parameter"; "A value of 0 returns
+    /// totalResults"); elsewhere the filter `active eq true` asks for them.
+    pub async fn count_active_users(&mut self) -> Result<u64, ScimError> {
+        let mut url = self.client.inner.users.clone();
+        let genesys = self.client.inner.flavor == Flavor::Genesys;
+        let query = if genesys {
+            "count=0&attributes=id".to_owned()
+        } else {
+            format!(
+                "filter={}&count=0&attributes=id",
+                filter::encode("active eq true")
+            )
+        };
+        url.set_query(Some(&query));
+        let call = Call {
+            op: format!(
+                "GET {}?count=0 (active users)",
+                self.client.resource_name(&self.client.inner.users)
+            ),
+            method: Method::GET,
+            url,
+            body: None,
+            if_match: None,
+        };
+        let reply = self.send(&call).await?;
+        let page: ListResponse<serde_json::Value> = self.decode(&call.op, &reply)?;
+        Ok(page.total_results)
+    }
+
+    /// Groups whose `displayName` the server matches with `name` (filter
+    /// `displayName eq "…"`; Genesys API description, getScimV2Groups), first
+    /// page only, as references with their display names. The caller compares
+    /// names itself.
+    pub async fn find_groups_by_display_name(
+        &mut self,
+        name: &str,
+    ) -> Result<Vec<Reference>, ScimError> {
+        let base = self.client.inner.groups.clone();
+        let page: ListResponse<ScimGroup> = self
+            .list(
+                &base,
+                &filter::eq("displayName", name),
+                1,
+                Some("displayName"),
+            )
+            .await?;
+        Ok(page
+            .resources
+            .into_iter()
+            .map(|g| Reference {
+                value: g.id,
+                display: g.display_name,
+            })
+            .collect())
+    }
+
     /// The groups `user` belongs to: its read-only `groups` attribute (RFC 7643
     /// §4.1.2) when the server included it, else every group a
     /// `members.value eq "<id>"` filter finds (scim2-server leaves `groups` out),

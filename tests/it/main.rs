@@ -8,6 +8,7 @@ mod dry_run;
 mod engine;
 mod manifest;
 mod pipeline;
+mod rails;
 mod report;
 mod sim;
 mod support;

@@ -25,6 +25,11 @@ fn env(db: &str, queues: &Queues) -> Vec<(String, String)> {
         ("DATABASE_URL".into(), db.into()),
         ("TERMINATIONS_QUEUE_URL".into(), queues.terminations.clone()),
         ("HR_TIMEZONE".into(), "America/New_York".into()),
+        (
+            "MESSAGE_SIGNING_KEYS".into(),
+            crate::pipeline::harness::SIGNING_KEYS.into(),
+        ),
+        ("MAX_TERMINATIONS_SHARE".into(), "1".into()),
     ]
 }
 

@@ -19,6 +19,8 @@ use crate::support::required_env;
 
 pub const PRIMARY: (&str, &str) = ("pipeline-primary", "pipeline-primary-secret");
 pub const ELEVATED: (&str, &str) = ("pipeline-elevated", "pipeline-elevated-secret");
+/// `MESSAGE_SIGNING_KEYS` of the binaries the tests run.
+pub const SIGNING_KEYS: &str = "test-k1:0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// The `deprovision` binary built for this test run.
 pub fn bin() -> &'static str {
@@ -317,6 +319,10 @@ pub fn env_for(sim: &RunningSim, database_url: &str, queues: &Queues) -> Vec<(St
         ("RETRY_BASE_SECS", "1"),
         ("ATTEMPT_TIMEOUT_SECS", "10"),
         ("HR_TIMEZONE", "UTC"),
+        ("MESSAGE_SIGNING_KEYS", SIGNING_KEYS),
+        // These tests' orgs are the manifest's people: the share check would
+        // hold every manifest (tests/it/rails.rs covers the breaker).
+        ("MAX_TERMINATIONS_SHARE", "1"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -1,0 +1,126 @@
+//! `deprovision approve MANIFEST_ID [--by NAME]` and `deprovision reject
+//! MANIFEST_ID [--by NAME]`: an operator's decision on a manifest the
+//! mass-deactivation breaker held. Approve dispatches the same object version
+//! (refused if its content hash changed) onto the terminations queue, signed like
+//! any dispatch; reject discards it. Both are audited with who ran them. Prints
+//! the result as JSON; a refusal (unknown id, already decided, changed content)
+//! is an error (exit 1) with the reason.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use deprovision::audit::{AuditStore, HoldState};
+use deprovision::breaker;
+use deprovision::config::{AuditArgs, AwsArgs, PolicyArgs, SigningArgs};
+use deprovision::dispatch::{DispatchOptions, DispatchReport, Dispatcher, s3_client};
+use deprovision::domain::Outcome;
+use deprovision::queue::SqsQueue;
+use deprovision::queue::sqs::load_aws_config;
+
+/// Flags of `deprovision approve`.
+#[derive(Debug, clap::Args)]
+pub struct ApproveArgs {
+    /// The held manifest's id (16 hex digits, from the held log line or audit row).
+    pub manifest_id: String,
+    /// Who approves (recorded in the audit; default: the OS user).
+    #[arg(long, env = "USER", default_value = "operator")]
+    pub by: String,
+    #[command(flatten)]
+    pub audit: AuditArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+}
+
+/// Flags of `deprovision reject`.
+#[derive(Debug, clap::Args)]
+pub struct RejectArgs {
+    /// The held manifest's id (16 hex digits).
+    pub manifest_id: String,
+    /// Who rejects (recorded in the audit; default: the OS user).
+    #[arg(long, env = "USER", default_value = "operator")]
+    pub by: String,
+    #[command(flatten)]
+    pub audit: AuditArgs,
+}
+
+/// Approves and dispatches a held manifest.
+pub async fn approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
+    let id = args.manifest_id.trim().to_ascii_lowercase();
+    let signing = args.signing.auth(false)?;
+    let store = AuditStore::open(&args.audit).await.context("audit store")?;
+    let aws = load_aws_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let url = args
+        .aws
+        .terminations_queue_url
+        .as_deref()
+        .context("TERMINATIONS_QUEUE_URL is required")?;
+    let queue = SqsQueue::connect(sqs, url)
+        .await
+        .context("terminations queue")?;
+    let dispatcher = Dispatcher::new(
+        Some(s3_client(&aws)),
+        queue,
+        Arc::new(store.clone()),
+        DispatchOptions {
+            hr_timezone: args.policy.hr_timezone,
+            effective_at: args.policy.termination_effective_at,
+            signing,
+            ..DispatchOptions::default()
+        },
+    );
+    let result = breaker::approve(&dispatcher, &store, &id, &args.by).await;
+    store.close().await;
+    let approval = result.with_context(|| format!("approving manifest {id}"))?;
+    println!("{}", serde_json::to_string_pretty(&approval)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Rejects a held manifest.
+pub async fn reject(args: RejectArgs) -> anyhow::Result<ExitCode> {
+    let id = args.manifest_id.trim().to_ascii_lowercase();
+    let store = AuditStore::open(&args.audit).await.context("audit store")?;
+    let result = breaker::reject(&store, &id, &args.by).await;
+    store.close().await;
+    let held = result.with_context(|| format!("rejecting manifest {id}"))?;
+    println!("{}", serde_json::to_string_pretty(&held)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The audit of `run --approve`: an `approve` row naming who bypassed the
+/// breaker, and, when this content was held earlier, the hold marked approved.
+pub async fn record_run_approval(
+    store: &AuditStore,
+    report: &DispatchReport,
+    by: &str,
+) -> anyhow::Result<()> {
+    let id = report.manifest_id.as_deref().unwrap_or("-");
+    if let Some(held) = store.held_manifest(id).await.context("reading holds")?
+        && held.state == HoldState::Held
+    {
+        store
+            .decide_held_manifest(id, HoldState::Approved, by, chrono::Utc::now())
+            .await
+            .context("marking the hold approved")?;
+    }
+    store
+        .append(&breaker::manifest_row(
+            "approve",
+            Outcome::Scheduled,
+            true,
+            format!(
+                "manifest {id} run with --approve by {by}: dispatched bypassing the mass-deactivation breaker, {} terminations enqueued",
+                report.enqueued
+            ),
+            report.origin.clone(),
+            Some(by.to_owned()),
+        ))
+        .await
+        .context("auditing the approval")?;
+    Ok(())
+}
