@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::audit::{AuditEntry, ManifestOrigin};
-use crate::consume::AuditSink;
-use crate::domain::{EffectiveAt, Outcome, TerminationRecord};
+use crate::clock::Clock;
+use crate::consume::{AuditSink, DEFAULT_MAX_FUTURE_DAYS, too_far_ahead};
+use crate::domain::{EffectiveAt, Outcome, RecordAction, TerminationRecord};
 use crate::manifest::{self, Entry, Format, ManifestError, Summary};
 use crate::queue::{MAX_BATCH, OutgoingMessage, Queue, TerminationMessage, truncate};
 
@@ -188,6 +189,11 @@ pub struct DispatchOptions {
     pub send_attempts: u32,
     /// Pause before retrying failed entries (doubles per attempt).
     pub send_retry_base: Duration,
+    /// Terminations effective more than this many days ahead are rejected as
+    /// `invalid` (`MAX_FUTURE_DAYS`), audited, and not enqueued.
+    pub max_future_days: u32,
+    /// "Now", for the `MAX_FUTURE_DAYS` check.
+    pub clock: Clock,
 }
 
 impl Default for DispatchOptions {
@@ -198,7 +204,44 @@ impl Default for DispatchOptions {
             send_concurrency: 4,
             send_attempts: 5,
             send_retry_base: Duration::from_millis(200),
+            max_future_days: DEFAULT_MAX_FUTURE_DAYS,
+            clock: Clock::system(),
         }
+    }
+}
+
+/// The audit row of a record refused for `MAX_FUTURE_DAYS` (outcome `invalid`,
+/// with its effective time). Like other rejected records it carries no
+/// idempotency key: the same termination sent again once within the limit must
+/// not look already finished to the consumer.
+fn too_far_entry(
+    message: &TerminationMessage,
+    position: &manifest::Position,
+    reason: &str,
+    attempt: u32,
+) -> AuditEntry {
+    AuditEntry {
+        external_id: Some(message.record.external_id.as_str().to_owned()),
+        user_id: message
+            .record
+            .user_id
+            .as_ref()
+            .map(|u| u.as_str().to_owned()),
+        action: "deactivate".into(),
+        status_code: None,
+        success: false,
+        error_message: Some(format!("{position}: {reason}")),
+        outcome: Outcome::Invalid,
+        credential: None,
+        groups_removed: Vec::new(),
+        attempt,
+        sqs_message_id: None,
+        manifest: Some(message.origin.clone()),
+        effective_at: Some(message.effective_at),
+        correlation_ids: Vec::new(),
+        duration_ms: None,
+        idempotency_key: None,
+        actor: None,
     }
 }
 
@@ -443,6 +486,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         let mut in_flight = FuturesUnordered::new();
         let mut batch: Vec<OutgoingMessage> = Vec::with_capacity(MAX_BATCH);
         let mut enqueued = 0u64;
+        let mut too_far = 0u64;
         let mut failure: Option<DispatchError> = None;
         while let Some(entry) = rx.recv().await {
             match entry {
@@ -457,6 +501,27 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                         self.options.hr_timezone,
                         self.options.effective_at,
                     );
+                    let far = (message.record.action == RecordAction::Terminate)
+                        .then(|| {
+                            too_far_ahead(
+                                message.effective_at,
+                                self.options.clock.now(),
+                                self.options.max_future_days,
+                            )
+                        })
+                        .flatten();
+                    if let Some(reason) = far {
+                        too_far += 1;
+                        warn!(manifest = name, %position, reason, "record rejected");
+                        if let Err(e) = self.audit.append(&too_far_entry(&message, &position, &reason, attempt)).await {
+                            failure = Some(DispatchError::Audit {
+                                manifest: name.clone(),
+                                detail: e.to_string(),
+                            });
+                            break;
+                        }
+                        continue;
+                    }
                     batch.push(OutgoingMessage {
                         body: message.encode(),
                         ..OutgoingMessage::default()
@@ -562,6 +627,11 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                 second: Box::new(second),
             });
         }
+        // Records refused for MAX_FUTURE_DAYS are rejected records, not
+        // terminations: the summary still reconciles.
+        let mut second = second;
+        second.valid = second.valid.saturating_sub(too_far);
+        second.rejected += too_far;
         let report = DispatchReport {
             origin,
             summary: second,

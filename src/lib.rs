@@ -16,6 +16,9 @@
 //!   for the embedded `run`.
 //! - [`consume`]: the worker loop: receive, deprovision, audit, then delete or
 //!   dead-letter.
+//! - [`release`]: moves durable holds (future-dated terminations) back onto the
+//!   terminations queue when they fall due.
+//! - [`clock`]: the injectable wall clock behind every "is it due yet" decision.
 //! - [`engine`]: deprovisions one person: resolve, deactivate, strip groups,
 //!   verify, classify.
 //! - [`scim`]: the SCIM 2.0 client and the OAuth token provider.
@@ -25,6 +28,7 @@
 //! - [`sim`]: the Genesys Cloud SCIM simulator (`deprovision simulate`).
 
 pub mod audit;
+pub mod clock;
 pub mod config;
 pub mod consume;
 pub mod dispatch;
@@ -33,6 +37,7 @@ pub mod engine;
 pub mod limit;
 pub mod manifest;
 pub mod queue;
+pub mod release;
 pub mod report;
 pub mod scim;
 pub mod sim;

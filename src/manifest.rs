@@ -27,7 +27,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{
-    DomainError, ExternalId, IdempotencyKey, ScimUserId, TerminationDate, TerminationRecord,
+    DomainError, ExternalId, IdempotencyKey, RecordAction, ScimUserId, TerminationDate,
+    TerminationRecord,
 };
 
 /// Largest single record accepted, in bytes. A termination record is three short
@@ -123,6 +124,12 @@ pub enum RecordError {
     NotUtf8 {
         /// The field name.
         field: &'static str,
+    },
+    /// `action` is neither `terminate` nor `rehire`.
+    #[error("action {value:?} is not terminate or rehire")]
+    UnknownAction {
+        /// The value found (trimmed).
+        value: String,
     },
     /// A field failed domain validation (the reason names the field and value).
     #[error(transparent)]
@@ -417,6 +424,7 @@ struct RawFields {
     external_id: Option<Result<String, RecordError>>,
     user_id: Option<Result<String, RecordError>>,
     termination_date: Option<Result<String, RecordError>>,
+    action: Option<Result<String, RecordError>>,
 }
 
 impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
@@ -549,10 +557,15 @@ fn build_record(fields: RawFields) -> Result<TerminationRecord, RecordError> {
         Some(raw) => Some(ScimUserId::parse(raw.trim())?),
         None => None,
     };
+    let action = match fields.action.transpose()? {
+        Some(raw) => RecordAction::parse(&raw).map_err(|value| RecordError::UnknownAction { value })?,
+        None => RecordAction::Terminate,
+    };
     Ok(TerminationRecord {
         external_id,
         user_id,
         termination_date,
+        action,
     })
 }
 
@@ -564,6 +577,7 @@ enum Field {
     ExternalId,
     UserId,
     TerminationDate,
+    Action,
 }
 
 fn field_for(name: &str) -> Option<Field> {
@@ -576,6 +590,7 @@ fn field_for(name: &str) -> Option<Field> {
         "externalid" => Some(Field::ExternalId),
         "userid" => Some(Field::UserId),
         "terminationdate" => Some(Field::TerminationDate),
+        "action" => Some(Field::Action),
         _ => None,
     }
 }
@@ -658,11 +673,13 @@ fn fields_from_json(record: RawRecord) -> Result<RawFields, RecordError> {
             Field::ExternalId => "externalId",
             Field::UserId => "userId",
             Field::TerminationDate => "terminationDate",
+            Field::Action => "action",
         };
         let slot = match field {
             Field::ExternalId => &fields.external_id,
             Field::UserId => &fields.user_id,
             Field::TerminationDate => &fields.termination_date,
+            Field::Action => &fields.action,
         };
         if slot.is_some() {
             return Err(RecordError::DuplicateField { field: label });
@@ -679,6 +696,7 @@ fn fields_from_json(record: RawRecord) -> Result<RawFields, RecordError> {
             Field::ExternalId => &mut fields.external_id,
             Field::UserId => &mut fields.user_id,
             Field::TerminationDate => &mut fields.termination_date,
+            Field::Action => &mut fields.action,
         };
         *slot = Some(parsed);
     }
@@ -902,13 +920,14 @@ fn read_csv<R: Read, F: FnMut(Entry) -> ControlFlow<()>>(
     };
     let headers = reader.headers().map_err(csv_error)?.clone();
     let header_line = headers.position().map_or(1, csv::Position::line);
-    let mut columns: [Option<usize>; 3] = [None; 3];
+    let mut columns: [Option<usize>; 4] = [None; 4];
     let found = || headers.iter().map(str::to_owned).collect::<Vec<_>>();
     for (i, name) in headers.iter().enumerate() {
         let (slot, column) = match field_for(name) {
             Some(Field::ExternalId) => (0, "externalId"),
             Some(Field::UserId) => (1, "userId"),
             Some(Field::TerminationDate) => (2, "terminationDate"),
+            Some(Field::Action) => (3, "action"),
             None => continue,
         };
         // Two date (or id) columns: which one HR meant cannot be known.
@@ -921,7 +940,7 @@ fn read_csv<R: Read, F: FnMut(Entry) -> ControlFlow<()>>(
         }
         columns[slot] = Some(i);
     }
-    let [Some(ext_col), user_col, Some(date_col)] = columns else {
+    let [Some(ext_col), user_col, Some(date_col), action_col] = columns else {
         let column = if columns[0].is_none() {
             "externalId"
         } else {
@@ -958,6 +977,7 @@ fn read_csv<R: Read, F: FnMut(Entry) -> ControlFlow<()>>(
             external_id: cell(ext_col, "externalId"),
             user_id: user_col.and_then(|c| cell(c, "userId")),
             termination_date: cell(date_col, "terminationDate"),
+            action: action_col.and_then(|c| cell(c, "action")),
         };
         if sink.push(line, Ok(fields)).is_break() {
             return Err(ManifestError::Stopped(sink.summary.records));

@@ -76,6 +76,11 @@ impl PgStore {
         self.pool.close().await;
     }
 
+    /// The pool, for the holds queries (`holds.rs`), which share this database.
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub(super) async fn append(
         &self,
         entry: &AuditEntry,

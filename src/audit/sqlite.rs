@@ -77,6 +77,11 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
+    /// The pool, for the holds queries (`holds.rs`), which share this database.
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     pub(super) async fn append(
         &self,
         entry: &AuditEntry,

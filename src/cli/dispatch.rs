@@ -56,6 +56,7 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         DispatchOptions {
             hr_timezone: args.policy.hr_timezone,
             effective_at: args.policy.termination_effective_at,
+            max_future_days: args.policy.max_future_days,
             ..DispatchOptions::default()
         },
     );

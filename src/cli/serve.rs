@@ -1,6 +1,7 @@
 //! `deprovision serve`: the ECS service. Runs the dispatcher on the
 //! manifest-events queue and the consumer pool on the terminations queue in one
-//! process, serves `/healthz` (alive), `/metrics` and `/readyz` (queues, audit
+//! process, with the hold releaser (future-dated terminations back onto the
+//! terminations queue when due, every `HOLD_RELEASE_INTERVAL_SECS`), serves `/healthz` (alive), `/metrics` and `/readyz` (queues, audit
 //! database and token endpoint reachable) on `HEALTH_ADDR`, and on SIGTERM or SIGINT drains (stops intake,
 //! lets started terminations finish within the drain deadline, releases the
 //! rest) and exits 0. Also holds the queue and signal wiring the other queue
@@ -16,13 +17,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use deprovision::audit::AuditStore;
-use deprovision::config::{AuditArgs, AwsArgs, HealthArgs, PolicyArgs, ScimArgs, ScimTarget};
+use deprovision::config::{
+    AuditArgs, AwsArgs, HealthArgs, HoldArgs, PolicyArgs, ScimArgs, ScimTarget,
+};
 use deprovision::consume::{AuditSink, Consumer, ConsumerOptions};
 use deprovision::dispatch::{DispatchOptions, Dispatcher, s3_client};
 use deprovision::domain::IdempotencyKey;
 use deprovision::engine::Engine;
 use deprovision::queue::SqsQueue;
 use deprovision::queue::sqs::load_aws_config;
+use deprovision::release::{Releaser, ReleaserOptions};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -51,6 +55,8 @@ pub struct ServeArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub aws: AwsArgs,
+    #[command(flatten)]
+    pub holds: HoldArgs,
 }
 
 /// The terminations queue and its dead-letter queue (from
@@ -246,6 +252,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         drain_deadline: Duration::from_secs(args.drain_deadline_secs),
         attempt_timeout: Duration::from_secs(args.attempt_timeout_secs.max(1)),
         retry_base: Duration::from_secs(args.retry_base_secs),
+        max_future_days: args.policy.max_future_days,
         ..ConsumerOptions::default()
     };
     let consumer = Consumer::new(
@@ -255,6 +262,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         audit.clone(),
         options,
     );
+    let releaser = Releaser::new(
+        (*audit).clone(),
+        terminations.clone(),
+        ReleaserOptions {
+            interval: args.holds.interval(),
+            ..ReleaserOptions::default()
+        },
+    );
     let dispatcher = Dispatcher::new(
         Some(s3_client(&aws)),
         terminations,
@@ -262,6 +277,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         DispatchOptions {
             hr_timezone: args.policy.hr_timezone,
             effective_at: args.policy.termination_effective_at,
+            max_future_days: args.policy.max_future_days,
             ..DispatchOptions::default()
         },
     );
@@ -270,7 +286,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             dispatcher.run_events(events, shutdown.clone()).await;
         }
     };
-    let (report, ()) = tokio::join!(consumer.run(shutdown.clone()), dispatch);
+    let (report, (), ()) = tokio::join!(
+        consumer.run(shutdown.clone()),
+        dispatch,
+        releaser.run(shutdown.clone())
+    );
     health_stop.cancel();
     match health.await {
         Ok(Err(e)) => tracing::warn!(

@@ -48,6 +48,9 @@ pub mod attr {
     /// Set by `replay-dlq` on a message moved back: the termination may be
     /// attempted again even though its last outcome was a dead-lettering one.
     pub const REPLAYED: &str = "deprovision.replayed";
+    /// Set by the hold releaser on a future-dated termination it re-sends when
+    /// due (the instant, RFC 3339).
+    pub const RELEASED: &str = "deprovision.released";
 }
 
 /// One received message.
