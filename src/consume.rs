@@ -713,9 +713,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
         }
 
         if termination.effective_at > now && !self.options.dry_run {
-            return self
-                .hold_durably(message, &termination, now, started)
-                .await;
+            return self.hold_durably(message, &termination, now, started).await;
         }
 
         if !lock(&self.busy).insert(key.clone()) {
@@ -1797,7 +1795,10 @@ mod tests {
                 .map(|r| Supersession {
                     action: r.action.clone(),
                     outcome: r.outcome.as_str().to_owned(),
-                    manifest: r.manifest.as_ref().map(|m| format!("{}/{}", m.bucket, m.key)),
+                    manifest: r
+                        .manifest
+                        .as_ref()
+                        .map(|m| format!("{}/{}", m.bucket, m.key)),
                     at: Utc::now(),
                     effective_at: r.effective_at,
                 }))
@@ -2090,7 +2091,11 @@ mod tests {
     async fn future_termination_is_held_durably_and_the_message_deleted() {
         let (_clock, options) = at_clock("2026-03-01T00:00:00Z");
         let f = fixture(5, options);
-        send(&f.queue, &[body("E1", "2026-03-10"), body("E1", "2026-03-10")]).await;
+        send(
+            &f.queue,
+            &[body("E1", "2026-03-10"), body("E1", "2026-03-10")],
+        )
+        .await;
         let step = f.consumer.handle(receive_one(&f.queue).await).await;
         assert_eq!(
             step,
@@ -2134,7 +2139,10 @@ mod tests {
         let step = f.consumer.handle(receive_one(&f.queue).await).await;
         assert_eq!(step, Step::DeadLettered(Outcome::Invalid));
         let dead = f.dlq.snapshot();
-        assert!(dead[0].1[attr::DETAIL].contains("MAX_FUTURE_DAYS=30"), "{dead:?}");
+        assert!(
+            dead[0].1[attr::DETAIL].contains("MAX_FUTURE_DAYS=30"),
+            "{dead:?}"
+        );
         assert!(lock(&f.audit.holds).is_empty());
         assert_eq!(f.engine.calls("E1"), 0);
     }
@@ -2161,8 +2169,10 @@ mod tests {
             HoldState::Cancelled { .. }
         ));
         let rows = lock(&f.audit.rows).clone();
-        let actions: Vec<(&str, Outcome)> =
-            rows.iter().map(|r| (r.action.as_str(), r.outcome)).collect();
+        let actions: Vec<(&str, Outcome)> = rows
+            .iter()
+            .map(|r| (r.action.as_str(), r.outcome))
+            .collect();
         assert_eq!(
             actions,
             [
@@ -2189,7 +2199,11 @@ mod tests {
         f.consumer.handle(receive_one(&f.queue).await).await;
         // The rehire is audited after the hold was released (it found no pending hold).
         lock(&f.audit.holds)[0].state = HoldState::Released(t("2026-03-10T00:00:00Z"));
-        send(&f.queue, &[body_with("E1", "2026-03-09", RecordAction::Rehire)]).await;
+        send(
+            &f.queue,
+            &[body_with("E1", "2026-03-09", RecordAction::Rehire)],
+        )
+        .await;
         f.consumer.handle(receive_one(&f.queue).await).await;
         clock.set(t("2026-03-10T00:00:00Z"));
         send(&f.queue, &[body("E1", "2026-03-10")]).await;
@@ -2371,6 +2385,62 @@ mod tests {
         assert_eq!(step, Step::Done(Outcome::Deactivated));
         // Everything left on the DLQ is visible again for the next replay.
         assert_eq!(f.dlq.receive(10, Duration::ZERO).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn replay_holds_what_is_not_yet_due_and_skips_what_a_rehire_superseded() {
+        let (clock, options) = at_clock("2026-03-01T00:00:00Z");
+        let f = fixture(5, options);
+        f.engine.script("E1", &[Outcome::Forbidden]);
+        f.engine.script("E2", &[Outcome::Forbidden]);
+        send(
+            &f.queue,
+            &[body("E1", "2026-02-01"), body("E2", "2026-02-01")],
+        )
+        .await;
+        for _ in 0..2 {
+            f.consumer.handle(receive_one(&f.queue).await).await;
+        }
+        send(
+            &f.queue,
+            &[body_with("E1", "2026-02-20", RecordAction::Rehire)],
+        )
+        .await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::Done(Outcome::Rescinded)
+        );
+        // Seen from a clock before E2's date (e.g. a wrong date fixed by HR).
+        clock.set(t("2026-01-15T00:00:00Z"));
+        let options = ReplayOptions {
+            actor: "tester".into(),
+            clock: clock.clock(),
+            ..ReplayOptions::default()
+        };
+        let report = replay_dead_letters(&f.dlq, &f.queue, f.audit.as_ref(), &options)
+            .await
+            .unwrap();
+        assert_eq!(report.replayed(), 0);
+        let by_id: HashMap<_, _> = report
+            .items
+            .iter()
+            .map(|i| (i.external_id.clone().unwrap(), i.clone()))
+            .collect();
+        assert!(
+            by_id["E1"]
+                .skipped
+                .as_deref()
+                .is_some_and(|s| s.starts_with("rehired by manifest local/m.json")),
+            "{report:?}"
+        );
+        assert_eq!(by_id["E2"].held_until, Some(t("2026-02-01T00:00:00Z")));
+        assert!(f.dlq.is_empty() && f.queue.is_empty());
+        let holds = lock(&f.audit.holds).clone();
+        assert_eq!(holds.len(), 1);
+        assert_eq!(holds[0].external_id, "E2");
+        assert!(holds[0].attributes.contains_key(attr::REPLAYED));
+        assert!(!holds[0].attributes.contains_key(attr::REASON));
+        assert_eq!(f.engine.calls("E1"), 1);
     }
 
     #[test]

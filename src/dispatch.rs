@@ -513,7 +513,11 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                     if let Some(reason) = far {
                         too_far += 1;
                         warn!(manifest = name, %position, reason, "record rejected");
-                        if let Err(e) = self.audit.append(&too_far_entry(&message, &position, &reason, attempt)).await {
+                        if let Err(e) = self
+                            .audit
+                            .append(&too_far_entry(&message, &position, &reason, attempt))
+                            .await
+                        {
                             failure = Some(DispatchError::Audit {
                                 manifest: name.clone(),
                                 detail: e.to_string(),

@@ -558,7 +558,9 @@ fn build_record(fields: RawFields) -> Result<TerminationRecord, RecordError> {
         None => None,
     };
     let action = match fields.action.transpose()? {
-        Some(raw) => RecordAction::parse(&raw).map_err(|value| RecordError::UnknownAction { value })?,
+        Some(raw) => {
+            RecordAction::parse(&raw).map_err(|value| RecordError::UnknownAction { value })?
+        }
         None => RecordAction::Terminate,
     };
     Ok(TerminationRecord {
@@ -1052,6 +1054,47 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn action_column_and_member_mark_rehires_and_refuse_unknown_actions() {
+        let actions = |entries: &[Entry]| -> Vec<(String, RecordAction)> {
+            entries
+                .iter()
+                .filter_map(|e| match e {
+                    Entry::Valid { record, .. } => {
+                        Some((record.external_id.to_string(), record.action))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let csv = "externalId,terminationDate,Action\nE1,2026-03-02,\nE2,2026-03-02,REHIRE\nE3,2026-03-02,terminate\nE4,2026-03-02,fire\n";
+        let (summary, entries) = collect(csv, Some(Format::Csv)).unwrap();
+        assert_eq!((summary.valid, summary.rejected), (3, 1));
+        assert_eq!(
+            actions(&entries),
+            [
+                ("E1".to_owned(), RecordAction::Terminate),
+                ("E2".to_owned(), RecordAction::Rehire),
+                ("E3".to_owned(), RecordAction::Terminate),
+            ]
+        );
+        assert!(rejected(&entries)[0].2.contains("\"fire\""));
+        // A rehire and a termination of the same person and date are two records.
+        let ndjson = "{\"externalId\":\"E1\",\"terminationDate\":\"2026-03-02\"}\n{\"externalId\":\"E1\",\"terminationDate\":\"2026-03-02\",\"action\":\"rehire\"}\n{\"externalId\":\"E2\",\"terminationDate\":\"2026-03-02\",\"action\":7}\n";
+        let (summary, entries) = collect(ndjson, None).unwrap();
+        assert_eq!(
+            (summary.valid, summary.duplicates, summary.rejected),
+            (2, 0, 1)
+        );
+        assert_eq!(
+            actions(&entries),
+            [
+                ("E1".to_owned(), RecordAction::Terminate),
+                ("E1".to_owned(), RecordAction::Rehire),
+            ]
+        );
     }
 
     #[test]

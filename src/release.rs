@@ -88,9 +88,11 @@ impl<Q: Queue> Releaser<Q> {
             let queue = &self.queue;
             let batch = self
                 .store
-                .release_due(now, self.options.batch.clamp(1, MAX_BATCH as u32), |holds| {
-                    send(queue, holds, now)
-                })
+                .release_due(
+                    now,
+                    self.options.batch.clamp(1, MAX_BATCH as u32),
+                    |holds| send(queue, holds, now),
+                )
                 .await?;
             let progressed = !batch.released.is_empty();
             round.failed += batch.failed.len() as u64;
@@ -121,7 +123,11 @@ impl<Q: Queue> Releaser<Q> {
         loop {
             match self.release_due().await {
                 Ok(r) if !r.released.is_empty() || r.failed > 0 => {
-                    info!(released = r.released.len(), failed = r.failed, "hold release round");
+                    info!(
+                        released = r.released.len(),
+                        failed = r.failed,
+                        "hold release round"
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => warn!(error = %e, "hold release round failed; retrying next round"),
@@ -153,7 +159,11 @@ async fn send<Q: Queue>(queue: &Q, holds: Vec<Hold>, now: DateTime<Utc>) -> Vec<
         Ok(failures) => {
             let mut sent = vec![true; holds.len()];
             for f in failures {
-                warn!(code = f.code, message = f.message, "could not release a hold");
+                warn!(
+                    code = f.code,
+                    message = f.message,
+                    "could not release a hold"
+                );
                 if let Some(slot) = sent.get_mut(f.index) {
                     *slot = false;
                 }

@@ -141,7 +141,10 @@ const HOLD_COLUMNS: &str = "id, idempotency_key, external_id, user_id, due_at, b
     attributes, manifest_bucket, manifest_key, manifest_version, manifest_index, created_at, \
     released_at, cancelled_at, cancel_reason";
 
-fn hold_error(what: &'static str, subject: impl Into<String>) -> impl FnOnce(sqlx::Error) -> AuditError {
+fn hold_error(
+    what: &'static str,
+    subject: impl Into<String>,
+) -> impl FnOnce(sqlx::Error) -> AuditError {
     let subject = subject.into();
     move |source| AuditError::Hold {
         what,
@@ -237,7 +240,8 @@ impl RawHold {
 
     fn into_hold(self) -> Result<Hold, AuditError> {
         let id = self.id;
-        let corrupt = |column: &'static str, value: String| AuditError::Corrupt { id, column, value };
+        let corrupt =
+            |column: &'static str, value: String| AuditError::Corrupt { id, column, value };
         let idempotency_key =
             IdempotencyKey::from_hex(&self.key).map_err(|v| corrupt("idempotency_key", v))?;
         let attributes: BTreeMap<String, String> = serde_json::from_str(&self.attributes)
@@ -305,7 +309,11 @@ impl AuditStore {
     /// another manifest) return the stored hold unchanged, whatever its state.
     /// `now` is the creation instant. Errors: [`AuditError::Hold`],
     /// [`AuditError::Corrupt`].
-    pub async fn place_hold(&self, hold: &NewHold, now: DateTime<Utc>) -> Result<Placed, AuditError> {
+    pub async fn place_hold(
+        &self,
+        hold: &NewHold,
+        now: DateTime<Utc>,
+    ) -> Result<Placed, AuditError> {
         let subject = format!("externalId {:?}", hold.external_id);
         let (bucket, key, version, index) = match &hold.manifest {
             Some(m) => (
@@ -402,7 +410,9 @@ impl AuditStore {
         let subject = format!("idempotency key {key}");
         let mut found = match &self.backend {
             Backend::Postgres(s) => {
-                let sql = format!("SELECT {HOLD_COLUMNS} FROM termination_holds WHERE idempotency_key = $1");
+                let sql = format!(
+                    "SELECT {HOLD_COLUMNS} FROM termination_holds WHERE idempotency_key = $1"
+                );
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(key.as_str())
                     .fetch_all(s.pool())
@@ -411,7 +421,9 @@ impl AuditStore {
                 pg_holds(&rows, "read")?
             }
             Backend::Sqlite(s) => {
-                let sql = format!("SELECT {HOLD_COLUMNS} FROM termination_holds WHERE idempotency_key = ?1");
+                let sql = format!(
+                    "SELECT {HOLD_COLUMNS} FROM termination_holds WHERE idempotency_key = ?1"
+                );
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(key.as_str())
                     .fetch_all(s.pool())
@@ -596,7 +608,7 @@ impl AuditStore {
         };
         match &self.backend {
             Backend::Postgres(s) => {
-                let row: Option<(i64, String, String, Option<String>, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>)> =
+                let row: Option<SupersedingRow<DateTime<Utc>>> =
                     sqlx::query_as(
                         "SELECT id, action, outcome, manifest_bucket, manifest_key, created_at, effective_at \
                          FROM scim_audit_log \
@@ -611,16 +623,18 @@ impl AuditStore {
                     .fetch_optional(s.pool())
                     .await
                     .map_err(read)?;
-                Ok(row.map(|(_, action, outcome, bucket, mkey, at, effective_at)| Supersession {
-                    action,
-                    outcome,
-                    manifest: manifest_name(bucket, mkey),
-                    at,
-                    effective_at,
-                }))
+                Ok(row.map(
+                    |(_, action, outcome, bucket, mkey, at, effective_at)| Supersession {
+                        action,
+                        outcome,
+                        manifest: manifest_name(bucket, mkey),
+                        at,
+                        effective_at,
+                    },
+                ))
             }
             Backend::Sqlite(s) => {
-                let row: Option<(i64, String, String, Option<String>, Option<String>, String, Option<String>)> =
+                let row: Option<SupersedingRow<String>> =
                     sqlx::query_as(
                         "SELECT id, action, outcome, manifest_bucket, manifest_key, created_at, effective_at \
                          FROM scim_audit_log \
@@ -651,6 +665,18 @@ impl AuditStore {
         }
     }
 }
+
+/// id, action, outcome, manifest bucket, manifest key, created_at, effective_at
+/// (instants as `T`: `DateTime<Utc>` on PostgreSQL, text on SQLite).
+type SupersedingRow<T> = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    T,
+    Option<T>,
+);
 
 fn manifest_name(bucket: Option<String>, key: Option<String>) -> Option<String> {
     match (bucket, key) {

@@ -94,7 +94,11 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                     println!("{:<12} why: {why}", "");
                 }
                 if let Some(until) = item.held_until {
-                    println!("{:<12} not due until {}: held durably, not replayed", "", until.to_rfc3339());
+                    println!(
+                        "{:<12} not due until {}: held durably, not replayed",
+                        "",
+                        until.to_rfc3339()
+                    );
                 }
             }
             let n = report.replayed();

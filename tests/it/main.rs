@@ -4,6 +4,7 @@
 
 mod audit;
 mod engine;
+mod holds;
 mod manifest;
 mod pipeline;
 mod report;
