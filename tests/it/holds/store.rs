@@ -43,6 +43,119 @@ on_both!(
     rescinded_rows_are_accepted_and_the_chain_verifies,
 );
 
+/// Upgrading a database that already holds audit rows (the SQLite migration
+/// rebuilds the table) keeps every row, the chain and the append-only triggers.
+#[tokio::test]
+async fn upgrading_a_used_sqlite_database_keeps_rows_chain_and_guarantees() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    upgrade_keeps_rows(&url, "migrations/sqlite", &["0001_scim_audit_log.sql"]).await;
+}
+
+/// The same on PostgreSQL (the migration replaces the outcome CHECK).
+#[tokio::test]
+async fn upgrading_a_used_postgres_database_keeps_rows_chain_and_guarantees() {
+    let admin = crate::support::required_env("TEST_DATABASE_URL");
+    let name = format!("audit_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .expect("connect");
+    sqlx::Executor::execute(
+        &mut conn,
+        sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+    )
+    .await
+    .expect("create database");
+    let url = pg_url_for(&name, None);
+    upgrade_keeps_rows(
+        &url,
+        "migrations/postgres",
+        &["0001_scim_audit_log.sql", "0002_worker_role.sql"],
+    )
+    .await;
+}
+
+/// Applies only `old` of `dir`'s migrations, appends rows, then the store's
+/// full migration set.
+async fn upgrade_keeps_rows(url: &str, dir: &str, old: &[&str]) {
+    let staged = tempfile::tempdir().expect("temp dir");
+    for f in old {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(dir)
+                .join(f),
+            staged.path().join(f),
+        )
+        .expect("copy migration");
+    }
+    let store = AuditStore::connect(url).await.expect("connect");
+    let before = sqlx::migrate::Migrator::new(staged.path())
+        .await
+        .expect("old migrations");
+    match url.starts_with("sqlite") {
+        true => {
+            let pool = sqlx::SqlitePool::connect(url).await.expect("pool");
+            before.run(&pool).await.expect("old schema");
+            pool.close().await;
+        }
+        false => {
+            let pool = sqlx::PgPool::connect(url).await.expect("pool");
+            before.run(&pool).await.expect("old schema");
+            pool.close().await;
+        }
+    }
+    for (i, o) in [Outcome::Deactivated, Outcome::Scheduled, Outcome::Failed]
+        .into_iter()
+        .enumerate()
+    {
+        store
+            .append(&entry(&format!("U{i}"), "2026-03-01", o))
+            .await
+            .expect("append on the old schema");
+    }
+    store.migrate().await.expect("upgrade");
+    store
+        .append(&entry("U9", "2026-03-01", Outcome::Rescinded))
+        .await
+        .expect("rescinded after the upgrade");
+    let report = store.verify().await.expect("verify");
+    assert!(report.is_intact(), "{report:?}");
+    let rows = store.termination_rows(None, None).await.expect("rows");
+    let outcomes: Vec<Outcome> = rows.iter().map(|r| r.entry.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Deactivated,
+            Outcome::Scheduled,
+            Outcome::Failed,
+            Outcome::Rescinded
+        ]
+    );
+    store
+        .place_hold(
+            &new_hold("U1", "2026-04-01", at("2026-04-01T00:00:00Z")),
+            at(NOW),
+        )
+        .await
+        .expect("holds table after the upgrade");
+    let raw = match url.starts_with("sqlite") {
+        true => Raw::Sqlite(sqlx::SqlitePool::connect(url).await.expect("pool")),
+        false => Raw::Pg(sqlx::PgPool::connect(url).await.expect("pool")),
+    };
+    assert!(raw.exec("DELETE FROM scim_audit_log").await.is_err());
+    assert!(
+        raw.exec("UPDATE scim_audit_log SET outcome = 'failed'")
+            .await
+            .is_err()
+    );
+    assert!(
+        raw.exec("INSERT INTO scim_audit_log (action) VALUES ('x')")
+            .await
+            .is_err()
+    );
+    store.close().await;
+}
+
 fn new_hold(external_id: &str, date: &str, due: DateTime<Utc>) -> NewHold {
     NewHold {
         idempotency_key: key(external_id, date),
