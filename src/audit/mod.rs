@@ -53,7 +53,8 @@ pub struct AuditEntry {
     pub external_id: Option<String>,
     /// The SCIM user id, when resolved (never a placeholder such as `UNKNOWN`).
     pub user_id: Option<String>,
-    /// What was attempted: `deactivate`, `manifest`, `replay`, `approve`, `reject`.
+    /// What was attempted: `deactivate`, `manifest`, `replay`, `approve`, `reject`,
+    /// `rehire`.
     pub action: String,
     /// The deciding HTTP status, if a SCIM response decided it.
     pub status_code: Option<u16>,
@@ -86,7 +87,9 @@ pub struct AuditEntry {
 }
 
 /// Actions whose rows are not about one termination; reports skip them.
-pub const NON_TERMINATION_ACTIONS: [&str; 4] = ["manifest", "replay", "approve", "reject"];
+/// A `rehire` row records a reversal, not a termination: it is not counted as one.
+pub const NON_TERMINATION_ACTIONS: [&str; 5] =
+    ["manifest", "replay", "approve", "reject", "rehire"];
 
 /// Why the audit store failed. Messages name the row, termination or URL involved
 /// (URLs without their password) and never carry secrets.
@@ -315,7 +318,7 @@ pub struct StoredRow {
 /// `concat!` can build `&'static str` queries (sqlx only accepts static SQL).
 macro_rules! termination_row {
     () => {
-        "action NOT IN ('manifest', 'replay', 'approve', 'reject') \
+        "action NOT IN ('manifest', 'replay', 'approve', 'reject', 'rehire') \
          AND (idempotency_key IS NOT NULL OR external_id IS NOT NULL)"
     };
 }

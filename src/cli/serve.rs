@@ -255,6 +255,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_future_days: args.policy.max_future_days,
         ..ConsumerOptions::default()
     };
+    // A dry run must not release holds: they would be marked released while the
+    // pool only plans them.
+    let release_holds = !options.dry_run;
     let consumer = Consumer::new(
         terminations.clone(),
         dead_letter,
@@ -286,11 +289,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             dispatcher.run_events(events, shutdown.clone()).await;
         }
     };
-    let (report, (), ()) = tokio::join!(
-        consumer.run(shutdown.clone()),
-        dispatch,
-        releaser.run(shutdown.clone())
-    );
+    let (report, (), ()) = tokio::join!(consumer.run(shutdown.clone()), dispatch, async {
+        if release_holds {
+            releaser.run(shutdown.clone()).await;
+        }
+    });
     health_stop.cancel();
     match health.await {
         Ok(Err(e)) => tracing::warn!(

@@ -6,7 +6,7 @@
 //! queues.
 //!
 //! Both reports count terminations, not attempts. A termination is every
-//! termination row (not `manifest`/`replay`/`approve`/`reject`) sharing an
+//! termination row (not `manifest`/`replay`/`approve`/`reject`/`rehire`) sharing an
 //! idempotency key, or, for rows without one, an externalId. Its outcome is the
 //! latest terminal outcome recorded for it, else its latest outcome.
 

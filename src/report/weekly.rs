@@ -42,7 +42,8 @@ pub struct WeekRow {
     pub retrying: u64,
     /// Dry runs only.
     pub dry_run: u64,
-    /// Withdrawn by a rehire before being carried out (and the rehires themselves).
+    /// Withdrawn before being carried out (a rehire cancelled the hold, or
+    /// `replay-dlq` found it superseded).
     pub rescinded: u64,
     /// Successful terminations with a known effective time (the SLA sample).
     pub sla_measured: u64,
