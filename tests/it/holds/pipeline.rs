@@ -661,3 +661,69 @@ async fn run_holds_future_dated_records_and_releases_due_ones_at_start() {
     assert_eq!(store.pending_holds().await.expect("holds").len(), 1);
     store.close().await;
 }
+
+/// `deprovision serve` wires it together: a termination 30 days ahead (by the
+/// system clock) is held and its message deleted without a request to Genesys,
+/// and a hold already due is released by the service's releaser
+/// (`HOLD_RELEASE_INTERVAL_SECS`) and deactivated once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_holds_future_terminations_and_releases_due_holds() {
+    let aws = aws().await;
+    let db = fresh_postgres().await;
+    let queues = aws.queues(3, 30).await;
+    let soon = (Utc::now() + chrono::Duration::days(30))
+        .format("%Y-%m-%d")
+        .to_string();
+    let recs = [
+        record("SV0001", &soon, RecordAction::Terminate),
+        record("SV0002", "2026-01-05", RecordAction::Terminate),
+    ];
+    let (config, seed) = sim_config(&recs);
+    let sim = start_sim(config).await;
+    // Held earlier, due now.
+    let due = message("SV0002", "2026-01-05", RecordAction::Terminate);
+    db.store
+        .place_hold(
+            &NewHold {
+                idempotency_key: due.idempotency_key.clone(),
+                external_id: "SV0002".into(),
+                user_id: None,
+                due_at: due.effective_at,
+                body: due.encode(),
+                attributes: Default::default(),
+                manifest: Some(due.origin.clone()),
+            },
+            at("2026-01-01T00:00:00Z"),
+        )
+        .await
+        .expect("hold");
+    let mut env = env_for(&sim, &db.url, &queues);
+    env.push(("HOLD_RELEASE_INTERVAL_SECS".into(), "1".into()));
+    let service = crate::pipeline::harness::Service::start(&env);
+    send(
+        &aws,
+        &queues.terminations,
+        &message("SV0001", &soon, RecordAction::Terminate),
+    )
+    .await;
+    eventually("SV0002 deactivated, SV0001 held", LIMIT, || async {
+        let done = terminal_by_key(&db.store).await;
+        done.get(due.idempotency_key.as_str()) == Some(&vec![Outcome::Deactivated])
+            && db
+                .store
+                .pending_holds()
+                .await
+                .expect("holds")
+                .iter()
+                .any(|h| h.external_id == "SV0001")
+            && aws.depth(&queues.terminations).await == 0
+    })
+    .await;
+    assert!(service.terminate().await.success());
+    assert_eq!(sim.stats().count(ResourceKind::User, "PATCH"), 1);
+    assert!(sim.user(&user_id_of(&seed, "SV0001")).expect("user").active);
+    assert!(!sim.user(&user_id_of(&seed, "SV0002")).expect("user").active);
+    let pending = db.store.pending_holds().await.expect("holds");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].external_id, "SV0001");
+}
