@@ -41,6 +41,7 @@ async fn measure() {
             external_id: ExternalId::parse(&format!("TP{i:05}")).expect("id"),
             user_id: None,
             termination_date: TerminationDate::parse("2026-01-05").expect("date"),
+            action: deprovision::domain::RecordAction::Terminate,
         })
         .collect();
     let seed = Seed::from_records(records.iter().map(|r| (r.external_id.clone(), None)));

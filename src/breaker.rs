@@ -23,7 +23,7 @@ use std::ops::ControlFlow;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
-use crate::audit::{AuditEntry, AuditError, AuditStore, HeldManifest, HoldState, ManifestOrigin};
+use crate::audit::{AuditEntry, AuditError, AuditStore, HeldManifest, ManifestHoldState, ManifestOrigin};
 use crate::consume::AuditSink;
 use crate::dispatch::{
     Approved, DispatchError, DispatchReport, Dispatcher, ManifestSource, ObjectRef,
@@ -108,7 +108,7 @@ pub enum BreakerError {
         /// The id.
         id: String,
         /// Its state.
-        state: HoldState,
+        state: ManifestHoldState,
         /// Who decided.
         by: Option<String>,
         /// When.
@@ -267,8 +267,8 @@ impl Breaker {
     pub async fn gate(&self, draft: &HeldManifest) -> Result<Gate, BreakerError> {
         if let Some(existing) = self.store.held_manifest(&draft.manifest_id).await? {
             return Ok(match existing.state {
-                HoldState::Approved => Gate::Proceed,
-                HoldState::Held => Gate::Hold {
+                ManifestHoldState::Approved => Gate::Proceed,
+                ManifestHoldState::Held => Gate::Hold {
                     reason: format!(
                         "already held since {}: {}",
                         existing.held_at.to_rfc3339(),
@@ -276,7 +276,7 @@ impl Breaker {
                     ),
                     new: false,
                 },
-                HoldState::Rejected => Gate::Hold {
+                ManifestHoldState::Rejected => Gate::Hold {
                     reason: format!(
                         "this content was rejected by {} at {}; it is never dispatched",
                         existing.decided_by.as_deref().unwrap_or("unknown"),
@@ -295,7 +295,7 @@ impl Breaker {
         let held = HeldManifest {
             active_users: active,
             reason: reason.clone(),
-            state: HoldState::Held,
+            state: ManifestHoldState::Held,
             held_at: Utc::now(),
             decided_by: None,
             decided_at: None,
@@ -355,7 +355,7 @@ async fn undecided(store: &AuditStore, id: &str) -> Result<HeldManifest, Breaker
         .held_manifest(id)
         .await?
         .ok_or_else(|| BreakerError::NotFound(id.to_owned()))?;
-    if held.state != HoldState::Held {
+    if held.state != ManifestHoldState::Held {
         return Err(BreakerError::AlreadyDecided {
             id: id.to_owned(),
             state: held.state,
@@ -406,7 +406,7 @@ pub async fn approve<Q: Queue, A: AuditSink>(
     };
     let dispatch = dispatcher.dispatch_approved(&source, 1, &approved).await?;
     let decided = store
-        .decide_held_manifest(id, HoldState::Approved, by, Utc::now())
+        .decide_held_manifest(id, ManifestHoldState::Approved, by, Utc::now())
         .await?;
     if !decided {
         tracing::warn!(
@@ -444,7 +444,7 @@ pub async fn reject(store: &AuditStore, id: &str, by: &str) -> Result<HeldManife
     let held = undecided(store, id).await?;
     let now = Utc::now();
     if !store
-        .decide_held_manifest(id, HoldState::Rejected, by, now)
+        .decide_held_manifest(id, ManifestHoldState::Rejected, by, now)
         .await?
     {
         // Decided between the read and the update.
@@ -473,7 +473,7 @@ pub async fn reject(store: &AuditStore, id: &str, by: &str) -> Result<HeldManife
         .await?;
     tracing::warn!(manifest_id = id, by, "held manifest rejected");
     Ok(HeldManifest {
-        state: HoldState::Rejected,
+        state: ManifestHoldState::Rejected,
         decided_by: Some(by.to_owned()),
         decided_at: Some(now),
         ..held

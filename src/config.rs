@@ -111,6 +111,26 @@ pub struct PolicyArgs {
     /// Concurrent terminations in flight.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
+    /// Refuse (as `invalid`) terminations effective more than this many days
+    /// ahead, at dispatch and in the consumer.
+    #[arg(long, env = "MAX_FUTURE_DAYS", default_value_t = 90)]
+    pub max_future_days: u32,
+}
+
+/// The hold releaser of `deprovision serve` (future-dated terminations held in
+/// the audit database are re-sent to the terminations queue when due).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HoldArgs {
+    /// Seconds between release rounds.
+    #[arg(long, env = "HOLD_RELEASE_INTERVAL_SECS", default_value_t = 30)]
+    pub hold_release_interval_secs: u64,
+}
+
+impl HoldArgs {
+    /// The pause between release rounds (at least one second).
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.hold_release_interval_secs.max(1))
+    }
 }
 
 /// AWS resources (the SDK's own variables — `AWS_REGION`, `AWS_ENDPOINT_URL`, the

@@ -11,6 +11,13 @@
 //! the drain deadline, and releases received-but-unstarted messages. The pool never
 //! stops between a SCIM write and its audit row.
 //!
+//! A termination not yet due is held durably in the audit database (the
+//! `termination_holds` table, through [`HoldSink`]) and its message deleted; the
+//! releaser (`release`) re-sends it when due. A rehire record cancels the
+//! person's pending holds and is audited as `rescinded`; a termination that a
+//! later rehire withdrew is never acted on. "Now" comes from the injected
+//! [`Clock`].
+//!
 //! This is the only module that deletes termination messages or sends them to the
 //! dead-letter queue. It does not talk SCIM (the engine does), does not parse
 //! manifests, and never updates an audit row (the store is append-only).
@@ -20,15 +27,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::audit::{AuditEntry, ClaimState};
-use crate::domain::{IdempotencyKey, Outcome};
+use crate::audit::{
+    AuditEntry, ClaimState, Hold, HoldState, ManifestOrigin, NewHold, Placed, Supersession,
+};
+use crate::clock::Clock;
+use crate::domain::{IdempotencyKey, Outcome, RecordAction};
 use crate::engine::{Deprovision, Report, Request};
 use crate::plan::{Decision, planned_now};
 use crate::queue::{
@@ -115,6 +125,78 @@ const BUSY_WAIT_MS: (u64, u64) = (1_000, 3_000);
 /// Receives each [`Decision`] (see [`Consumer::observe`]).
 pub type Observer = Arc<dyn Fn(&Decision) + Send + Sync>;
 
+/// The durable-hold operations and the supersession lookup the pipeline needs,
+/// beside [`AuditSink`] (implemented by the audit store's `termination_holds`
+/// table and audit log; tests use fakes).
+pub trait HoldSink: AuditSink {
+    /// Places a hold, idempotent on its idempotency key; returns the stored hold
+    /// and whether this call created it.
+    fn place_hold(
+        &self,
+        hold: &NewHold,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Placed, Self::Error>> + Send;
+
+    /// Cancels every pending hold of `external_id` with `reason`; returns them.
+    fn cancel_holds(
+        &self,
+        external_id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<Hold>, Self::Error>> + Send;
+
+    /// The latest later entry (a rehire, or another termination of the same
+    /// person) that supersedes the termination `key`, if any.
+    fn supersession(
+        &self,
+        external_id: &str,
+        key: &IdempotencyKey,
+    ) -> impl Future<Output = Result<Option<Supersession>, Self::Error>> + Send;
+}
+
+impl HoldSink for crate::audit::AuditStore {
+    async fn place_hold(&self, hold: &NewHold, now: DateTime<Utc>) -> Result<Placed, Self::Error> {
+        crate::audit::AuditStore::place_hold(self, hold, now).await
+    }
+
+    async fn cancel_holds(
+        &self,
+        external_id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Hold>, Self::Error> {
+        crate::audit::AuditStore::cancel_holds(self, external_id, reason, now).await
+    }
+
+    async fn supersession(
+        &self,
+        external_id: &str,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Supersession>, Self::Error> {
+        crate::audit::AuditStore::supersession(self, external_id, key).await
+    }
+}
+
+/// Default `MAX_FUTURE_DAYS`: a termination effective further ahead is refused
+/// as `invalid` (a typo such as 2062 for 2026 must not sit in a hold for decades).
+pub const DEFAULT_MAX_FUTURE_DAYS: u32 = 90;
+
+/// The reason recorded when a termination is further ahead than
+/// `max_future_days` from `now`, or `None` when it is within the limit.
+pub fn too_far_ahead(
+    effective_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    max_future_days: u32,
+) -> Option<String> {
+    let horizon = now + chrono::Duration::days(i64::from(max_future_days));
+    (effective_at > horizon).then(|| {
+        format!(
+            "effective {} is more than MAX_FUTURE_DAYS={max_future_days} days ahead",
+            effective_at.to_rfc3339()
+        )
+    })
+}
+
 /// How the pool behaves. [`Default`] gives the production values.
 #[derive(Debug, Clone)]
 pub struct ConsumerOptions {
@@ -135,23 +217,16 @@ pub struct ConsumerOptions {
     /// Resolve and plan only: nothing is changed, nothing is dead-lettered, and
     /// audit rows say `dry_run` (so a later real run is not suppressed).
     pub dry_run: bool,
-    /// What to do with a termination whose effective time is still ahead.
-    pub not_due: NotDuePolicy,
     /// Message authenticity: with keys, every message is verified before
     /// anything else and an unsigned, altered or unknown-key message is
     /// dead-lettered as `bad_signature` without contacting the SCIM service.
     pub signing: crate::signing::MessageAuth,
-}
-
-/// What the pool does with a termination that is not yet due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum NotDuePolicy {
-    /// Keep it on the queue, hidden until its effective time (the service).
-    #[default]
-    Hold,
-    /// Record it as `scheduled` and drop it from the in-process queue (the
-    /// one-shot `run`, which must end; run it again after the date).
-    Defer,
+    /// "Now" for the due check and `MAX_FUTURE_DAYS` (the system clock; tests
+    /// inject a manual one).
+    pub clock: Clock,
+    /// Terminations effective more than this many days ahead are dead-lettered
+    /// as `invalid` (`MAX_FUTURE_DAYS`).
+    pub max_future_days: u32,
 }
 
 impl Default for ConsumerOptions {
@@ -164,8 +239,9 @@ impl Default for ConsumerOptions {
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(15 * 60),
             dry_run: false,
-            not_due: NotDuePolicy::Hold,
             signing: crate::signing::MessageAuth::Off,
+            clock: Clock::system(),
+            max_future_days: DEFAULT_MAX_FUTURE_DAYS,
         }
     }
 }
@@ -191,13 +267,15 @@ pub enum Step {
         /// How long it stays hidden.
         delay: Duration,
     },
-    /// Not due yet: hidden until its effective time (at most 12 h at a time).
+    /// Not due by this pool's clock, but its hold was already released (a
+    /// releaser whose clock runs ahead): hidden until its effective time here (at
+    /// most 12 h at a time).
     NotDue {
         /// How long it stays hidden.
         delay: Duration,
     },
-    /// Not due yet, and the pool defers instead of holding
-    /// ([`NotDuePolicy::Defer`]): recorded as `scheduled`, message deleted.
+    /// Not due yet: held durably in the audit database (the releaser re-sends it
+    /// when due), recorded as `scheduled`, message deleted.
     Deferred {
         /// When it takes effect.
         effective_at: chrono::DateTime<Utc>,
@@ -390,14 +468,14 @@ pub struct ConsumerReport {
 
 /// The pool. Build one, then [`Consumer::run`] it, or drive single messages with
 /// [`Consumer::handle`] (tests).
-pub struct Consumer<Q: Queue, E: Deprovision + 'static, A: AuditSink> {
+pub struct Consumer<Q: Queue, E: Deprovision + 'static, A: HoldSink> {
     shared: Arc<Shared<Q, E, A>>,
     /// The batch-delete task, started on first use, stopped when the pool is
     /// dropped.
     deleter: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Drop for Consumer<Q, E, A> {
+impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Drop for Consumer<Q, E, A> {
     fn drop(&mut self) {
         if let Some(h) = lock(&self.deleter).take() {
             h.abort();
@@ -435,7 +513,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Consumer<Q, E, A> {
+impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Consumer<Q, E, A> {
     /// A pool receiving from `queue` and dead-lettering into `dead_letter`.
     pub fn new(
         queue: Q,
@@ -622,6 +700,30 @@ fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     low + Duration::from_millis(jitter_ms)
 }
 
+/// The attributes a held message is re-sent with: its own, without the
+/// dead-letter bookkeeping and any earlier release mark.
+fn held_attributes(
+    attributes: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    const DROPPED: [&str; 5] = [
+        attr::REASON,
+        attr::DETAIL,
+        attr::SOURCE_MESSAGE_ID,
+        attr::RECEIVE_COUNT,
+        attr::RELEASED,
+    ];
+    attributes
+        .iter()
+        .filter(|(k, _)| !DROPPED.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// `bucket/key` of a manifest, for reasons shown to people.
+fn origin_name(origin: &ManifestOrigin) -> String {
+    format!("{}/{}", origin.bucket, origin.key)
+}
+
 /// Best effort: the externalId of a body that did not decode, for the audit row.
 fn raw_external_id(body: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
@@ -631,7 +733,7 @@ fn raw_external_id(body: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
+impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
     /// One message, in its worker task: the step, with the visibility extended
     /// while it runs.
     async fn work(self: Arc<Self>, message: ReceivedMessage, permit: OwnedSemaphorePermit) {
@@ -731,41 +833,53 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
             return step;
         }
 
-        let now = Utc::now();
-        let not_due = termination.effective_at > now;
-        if not_due && !self.options.dry_run {
-            let wait = (termination.effective_at - now)
-                .to_std()
-                .unwrap_or_default();
-            let delay = wait.min(MAX_VISIBILITY);
-            if self.options.not_due == NotDuePolicy::Defer {
-                info!(effective_at = %termination.effective_at, "not yet due; recorded as scheduled");
-                let mut entry =
-                    self.entry(message, Some(&termination), Outcome::Scheduled, started);
-                entry.error_message = Some(format!(
-                    "not due until {}; nothing was changed",
-                    termination.effective_at.to_rfc3339()
-                ));
-                let step = match self.audit.append(&entry).await {
-                    Ok(_) => match self.delete(message).await {
-                        Ok(()) => Step::Deferred {
-                            effective_at: termination.effective_at,
-                        },
-                        Err(e) => Step::QueueFailed(e),
-                    },
-                    Err(e) => {
-                        self.retry(message, format!("audit write failed: {e}"), None)
-                            .await
-                    }
-                };
-                self.notify(&step, Some(&termination), None, |_| {});
+        if termination.record.action == RecordAction::Rehire {
+            let step = self.rehire(message, &termination, started).await;
+            self.notify(&step, Some(&termination), None, |_| {});
+            return step;
+        }
+
+        let now = self.options.clock.now();
+        if let Some(reason) =
+            too_far_ahead(termination.effective_at, now, self.options.max_future_days)
+        {
+            warn!(effective_at = %termination.effective_at, "too far ahead; refused");
+            let mut entry = self.entry(message, Some(&termination), Outcome::Invalid, started);
+            entry.error_message = Some(reason.clone());
+            let step = self.dead_letter(message, entry, &reason).await;
+            self.notify(&step, Some(&termination), None, |d| d.reason = Some(reason));
+            return step;
+        }
+
+        // A rehire audited after this termination was first seen withdraws it:
+        // e.g. a hold released while the rehire was cancelling it, or a retry.
+        match self
+            .audit
+            .supersession(termination.record.external_id.as_str(), &key)
+            .await
+        {
+            Ok(Some(s)) if s.action == RecordAction::Rehire.as_str() => {
+                let step = self
+                    .rescind(message, &termination, &s.reason(), started)
+                    .await;
+                self.notify(&step, Some(&termination), None, |d| {
+                    d.reason = Some(s.reason());
+                });
                 return step;
             }
-            info!(effective_at = %termination.effective_at, "not yet due; holding");
-            return match self.hold(message, delay).await {
-                Ok(()) => Step::NotDue { delay },
-                Err(e) => Step::QueueFailed(e),
-            };
+            Ok(_) => {}
+            Err(e) => {
+                return self
+                    .retry(message, format!("audit store unreadable: {e}"), None)
+                    .await;
+            }
+        }
+
+        let not_due = termination.effective_at > now;
+        if not_due && !self.options.dry_run {
+            let step = self.hold_durably(message, &termination, now, started).await;
+            self.notify(&step, Some(&termination), None, |_| {});
+            return step;
         }
 
         if !lock(&self.busy).insert(key.clone()) {
@@ -955,6 +1069,200 @@ impl<Q: Queue, E: Deprovision + 'static, A: AuditSink> Shared<Q, E, A> {
         }
         adjust(&mut decision);
         observer(&decision);
+    }
+
+    /// Not yet due: place the durable hold (idempotent), audit `scheduled`, then
+    /// delete the message. The releaser re-sends the held body when due.
+    async fn hold_durably(
+        &self,
+        message: &ReceivedMessage,
+        termination: &TerminationMessage,
+        now: DateTime<Utc>,
+        started: Instant,
+    ) -> Step {
+        let new = NewHold {
+            idempotency_key: termination.idempotency_key.clone(),
+            external_id: termination.record.external_id.as_str().to_owned(),
+            user_id: termination
+                .record
+                .user_id
+                .as_ref()
+                .map(|u| u.as_str().to_owned()),
+            due_at: termination.effective_at,
+            body: message.body.clone(),
+            attributes: held_attributes(&message.attributes),
+            manifest: Some(termination.origin.clone()),
+        };
+        let placed = match self.audit.place_hold(&new, now).await {
+            Ok(p) => p,
+            Err(e) => {
+                return self
+                    .retry(message, format!("cannot place the hold: {e}"), None)
+                    .await;
+            }
+        };
+        match &placed.hold.state {
+            HoldState::Pending => {}
+            HoldState::Released(at) => {
+                // Released by a releaser whose clock is ahead of ours: keep the
+                // message and look again when it is due by this clock.
+                let delay = (termination.effective_at - now)
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(MAX_VISIBILITY);
+                info!(released_at = %at, "hold already released but not due by this clock");
+                return match self.hold(message, delay).await {
+                    Ok(()) => Step::NotDue { delay },
+                    Err(e) => Step::QueueFailed(e),
+                };
+            }
+            HoldState::Cancelled { reason, .. } => {
+                let reason = reason.clone();
+                return self.rescind(message, termination, &reason, started).await;
+            }
+        }
+        info!(effective_at = %termination.effective_at, hold = placed.hold.id, created = placed.created, "not yet due; held durably");
+        let mut entry = self.entry(message, Some(termination), Outcome::Scheduled, started);
+        entry.error_message = Some(format!(
+            "not due until {}; held durably (hold {}); nothing was changed",
+            termination.effective_at.to_rfc3339(),
+            placed.hold.id
+        ));
+        match self.audit.append(&entry).await {
+            Ok(_) => match self.delete(message).await {
+                Ok(()) => Step::Deferred {
+                    effective_at: termination.effective_at,
+                },
+                Err(e) => Step::QueueFailed(e),
+            },
+            Err(e) => {
+                self.retry(message, format!("audit write failed: {e}"), None)
+                    .await
+            }
+        }
+    }
+
+    /// A rehire record: cancel the person's pending holds (each audited as
+    /// `rescinded` under its own termination's key), audit the rehire itself
+    /// (action `rehire`, outcome `rescinded`), delete the message. Genesys is
+    /// never contacted.
+    async fn rehire(
+        &self,
+        message: &ReceivedMessage,
+        termination: &TerminationMessage,
+        started: Instant,
+    ) -> Step {
+        let external_id = termination.record.external_id.as_str();
+        let reason = format!(
+            "rehired by manifest {} (record {})",
+            origin_name(&termination.origin),
+            termination
+                .origin
+                .index
+                .map_or_else(|| "-".to_owned(), |i| i.to_string())
+        );
+        let mut entry = self.entry(message, Some(termination), Outcome::Rescinded, started);
+        entry.action = RecordAction::Rehire.as_str().into();
+        if self.options.dry_run {
+            entry.outcome = Outcome::DryRun;
+            entry.error_message = Some(format!(
+                "dry run: would record the rehire and cancel pending holds ({reason})"
+            ));
+            return match self.audit.append(&entry).await {
+                Ok(_) => match self.delete(message).await {
+                    Ok(()) => Step::DryRun(Outcome::Rescinded),
+                    Err(e) => Step::QueueFailed(e),
+                },
+                Err(e) => {
+                    self.retry(message, format!("audit write failed: {e}"), None)
+                        .await
+                }
+            };
+        }
+        let now = self.options.clock.now();
+        let cancelled = match self.audit.cancel_holds(external_id, &reason, now).await {
+            Ok(c) => c,
+            Err(e) => {
+                return self
+                    .retry(message, format!("cannot cancel holds: {e}"), None)
+                    .await;
+            }
+        };
+        for hold in &cancelled {
+            info!(hold = hold.id, due_at = %hold.due_at, "held termination cancelled by a rehire");
+            let row = AuditEntry {
+                external_id: Some(hold.external_id.clone()),
+                user_id: hold.user_id.clone(),
+                action: "deactivate".into(),
+                status_code: None,
+                success: false,
+                error_message: Some(format!(
+                    "hold cancelled, never released: {reason}; nothing was changed"
+                )),
+                outcome: Outcome::Rescinded,
+                credential: None,
+                groups_removed: Vec::new(),
+                attempt: message.receive_count,
+                sqs_message_id: Some(message.message_id.clone()),
+                manifest: hold.manifest.clone(),
+                effective_at: Some(hold.due_at),
+                correlation_ids: Vec::new(),
+                duration_ms: None,
+                idempotency_key: Some(hold.idempotency_key.clone()),
+                actor: None,
+            };
+            if let Err(e) = self.audit.append(&row).await {
+                // The cancellation stands in the holds table with its reason.
+                warn!(error = %e, hold = hold.id, "could not audit a cancelled hold");
+            }
+        }
+        entry.error_message = Some(format!(
+            "rehire recorded; {} pending hold(s) cancelled; Genesys not contacted",
+            cancelled.len()
+        ));
+        info!(cancelled = cancelled.len(), "rehire recorded");
+        match self.audit.append(&entry).await {
+            Ok(_) => match self.delete(message).await {
+                Ok(()) => Step::Done(Outcome::Rescinded),
+                Err(e) => Step::QueueFailed(e),
+            },
+            Err(e) => self.audit_failed(message, entry, e.to_string()).await,
+        }
+    }
+
+    /// The termination was withdrawn (`reason`: a rehire): audit `rescinded`,
+    /// delete the message, change nothing.
+    async fn rescind(
+        &self,
+        message: &ReceivedMessage,
+        termination: &TerminationMessage,
+        reason: &str,
+        started: Instant,
+    ) -> Step {
+        info!(reason, "termination withdrawn; not acted on");
+        let mut entry = self.entry(message, Some(termination), Outcome::Rescinded, started);
+        entry.error_message = Some(format!("{reason}; not deactivated"));
+        if self.options.dry_run {
+            entry.outcome = Outcome::DryRun;
+            entry.error_message = Some(format!("dry run: would be rescinded: {reason}"));
+            return match self.audit.append(&entry).await {
+                Ok(_) => match self.delete(message).await {
+                    Ok(()) => Step::DryRun(Outcome::Rescinded),
+                    Err(e) => Step::QueueFailed(e),
+                },
+                Err(e) => {
+                    self.retry(message, format!("audit write failed: {e}"), None)
+                        .await
+                }
+            };
+        }
+        match self.audit.append(&entry).await {
+            Ok(_) => match self.delete(message).await {
+                Ok(()) => Step::Done(Outcome::Rescinded),
+                Err(e) => Step::QueueFailed(e),
+            },
+            Err(e) => self.audit_failed(message, entry, e.to_string()).await,
+        }
     }
 
     /// Acts on the engine's report.
@@ -1377,6 +1685,8 @@ pub struct ReplayOptions {
     pub dry_run: bool,
     /// Who asked (recorded in each replay's audit row).
     pub actor: String,
+    /// "Now", for the still-due re-check.
+    pub clock: Clock,
 }
 
 /// One dead-lettered message seen by `replay-dlq`.
@@ -1392,6 +1702,15 @@ pub struct ReplayItem {
     pub detail: Option<String>,
     /// True when it was (or, in a dry run, would be) replayed.
     pub replayed: bool,
+    /// Why it was not replayed although it matched: superseded (e.g. "rehired
+    /// by manifest X at T"; deleted from the DLQ after auditing, except in a dry
+    /// run), or not due with an earlier hold that cannot be reused (kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    /// Not yet due: held durably until this instant instead of replayed
+    /// (deleted from the DLQ, except in a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<DateTime<Utc>>,
 }
 
 /// What `replay-dlq` did.
@@ -1440,7 +1759,15 @@ pub enum ReplayError {
 /// match `--reason`, and everything in a dry run, are kept hidden while the DLQ is
 /// scanned and released at the end, so each is seen once. Works against any
 /// [`Queue`] (moto has no StartMessageMoveTask).
-pub async fn replay_dead_letters<Q: Queue, A: AuditSink>(
+///
+/// Each matching termination is re-validated first (issue 6): one superseded by
+/// a later audit entry for the same externalId (a rehire, or a termination with
+/// another date) is not replayed: its skip is audited (`rescinded`, with the
+/// operator) and it is deleted from the DLQ, with the reason in
+/// [`ReplayItem::skipped`]. One not yet due (by `options.clock`) is held durably
+/// instead ([`ReplayItem::held_until`]) and deleted from the DLQ. A dry run only
+/// reports both.
+pub async fn replay_dead_letters<Q: Queue, A: HoldSink>(
     dead_letter: &Q,
     target: &Q,
     audit: &A,
@@ -1484,11 +1811,58 @@ pub async fn replay_dead_letters<Q: Queue, A: AuditSink>(
                     reason: reason.clone(),
                     detail: message.attributes.get(attr::DETAIL).cloned(),
                     replayed: false,
+                    skipped: None,
+                    held_until: None,
                 };
                 let wanted = options.reason.as_ref().is_none_or(|r| *r == reason)
                     && options
                         .max
                         .is_none_or(|m| (report.replayed() as u64) < m);
+                if let Some(t) = decoded
+                    .as_ref()
+                    .filter(|t| wanted && t.record.action == RecordAction::Terminate)
+                {
+                    match revalidate(&message, t, audit, options).await {
+                        Ok(Revalidated::Replay) => {}
+                        Ok(Revalidated::Skipped { reason, remove }) => {
+                            item.skipped = Some(reason);
+                            if remove && !options.dry_run {
+                                let failures = dead_letter
+                                    .delete_batch(std::slice::from_ref(&message.receipt_handle))
+                                    .await?;
+                                if let Some(f) = failures.first() {
+                                    warn!(message_id = %message.message_id, code = f.code, "skipped but not deleted from the DLQ");
+                                }
+                            } else {
+                                held.push(message.receipt_handle);
+                            }
+                            report.items.push(item);
+                            continue;
+                        }
+                        Ok(Revalidated::Held { until }) => {
+                            item.held_until = Some(until);
+                            if options.dry_run {
+                                held.push(message.receipt_handle);
+                            } else {
+                                let failures = dead_letter
+                                    .delete_batch(std::slice::from_ref(&message.receipt_handle))
+                                    .await?;
+                                if let Some(f) = failures.first() {
+                                    warn!(message_id = %message.message_id, code = f.code, "held but not deleted from the DLQ");
+                                }
+                            }
+                            report.items.push(item);
+                            continue;
+                        }
+                        Err(detail) => {
+                            held.push(message.receipt_handle);
+                            return Err(ReplayError::Audit {
+                                message_id: message.message_id,
+                                detail,
+                            });
+                        }
+                    }
+                }
                 if !wanted || options.dry_run {
                     item.replayed = wanted;
                     report.items.push(item);
@@ -1566,6 +1940,115 @@ pub async fn replay_dead_letters<Q: Queue, A: AuditSink>(
     result.map(|()| report)
 }
 
+/// What the re-check of one dead-lettered termination decided.
+enum Revalidated {
+    /// Still due and not superseded: replay it.
+    Replay,
+    /// Not replayed; `remove` when it is also taken off the DLQ (superseded,
+    /// and the skip audited — except in a dry run, which audits nothing).
+    Skipped { reason: String, remove: bool },
+    /// Not yet due: held durably until `until` (in a dry run: would be).
+    Held { until: DateTime<Utc> },
+}
+
+/// The replay re-check: superseded? still due? Errors: the store's error, as text.
+async fn revalidate<A: HoldSink>(
+    message: &ReceivedMessage,
+    t: &TerminationMessage,
+    audit: &A,
+    options: &ReplayOptions,
+) -> Result<Revalidated, String> {
+    let external_id = t.record.external_id.as_str();
+    let row = |outcome: Outcome, detail: String| AuditEntry {
+        external_id: Some(external_id.to_owned()),
+        user_id: t.record.user_id.as_ref().map(|u| u.as_str().to_owned()),
+        action: "deactivate".into(),
+        status_code: None,
+        success: false,
+        error_message: Some(detail),
+        outcome,
+        credential: None,
+        groups_removed: Vec::new(),
+        attempt: message.receive_count,
+        sqs_message_id: Some(message.message_id.clone()),
+        manifest: Some(t.origin.clone()),
+        effective_at: Some(t.effective_at),
+        correlation_ids: Vec::new(),
+        duration_ms: None,
+        idempotency_key: Some(t.idempotency_key.clone()),
+        actor: Some(options.actor.clone()),
+    };
+    if let Some(s) = audit
+        .supersession(external_id, &t.idempotency_key)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let reason = s.reason();
+        info!(message_id = %message.message_id, external_id, reason, "superseded; not replayed");
+        if !options.dry_run {
+            audit
+                .append(&row(
+                    Outcome::Rescinded,
+                    format!("replay-dlq skipped it: {reason}; removed from the dead-letter queue"),
+                ))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        return Ok(Revalidated::Skipped {
+            reason,
+            remove: true,
+        });
+    }
+    let now = options.clock.now();
+    if t.effective_at <= now {
+        return Ok(Revalidated::Replay);
+    }
+    if options.dry_run {
+        return Ok(Revalidated::Held {
+            until: t.effective_at,
+        });
+    }
+    let mut attributes = held_attributes(&message.attributes);
+    attributes.insert(attr::REPLAYED.to_owned(), now.to_rfc3339());
+    let new = NewHold {
+        idempotency_key: t.idempotency_key.clone(),
+        external_id: external_id.to_owned(),
+        user_id: t.record.user_id.as_ref().map(|u| u.as_str().to_owned()),
+        due_at: t.effective_at,
+        body: message.body.clone(),
+        attributes,
+        manifest: Some(t.origin.clone()),
+    };
+    let placed = audit
+        .place_hold(&new, now)
+        .await
+        .map_err(|e| e.to_string())?;
+    if placed.hold.state != HoldState::Pending {
+        return Ok(Revalidated::Skipped {
+            reason: format!(
+                "not due until {}, and its earlier hold {} is no longer pending; kept on the DLQ",
+                t.effective_at.to_rfc3339(),
+                placed.hold.id
+            ),
+            remove: false,
+        });
+    }
+    audit
+        .append(&row(
+            Outcome::Scheduled,
+            format!(
+                "replay-dlq: not due until {}; held durably (hold {}) instead of replayed",
+                t.effective_at.to_rfc3339(),
+                placed.hold.id
+            ),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Revalidated::Held {
+        until: t.effective_at,
+    })
+}
+
 impl From<QueueError> for Step {
     fn from(e: QueueError) -> Self {
         Step::QueueFailed(e.to_string())
@@ -1586,6 +2069,7 @@ mod tests {
     #[derive(Default)]
     struct FakeAudit {
         rows: Mutex<Vec<AuditEntry>>,
+        holds: Mutex<Vec<Hold>>,
         fail_writes: AtomicBool,
         /// Live claims: person → owner. Persons in `elsewhere` are held by
         /// another process.
@@ -1648,6 +2132,88 @@ mod tests {
                 claims.remove(person);
             }
             Ok(())
+        }
+    }
+
+    impl HoldSink for FakeAudit {
+        async fn place_hold(&self, hold: &NewHold, now: DateTime<Utc>) -> Result<Placed, Down> {
+            let mut holds = lock(&self.holds);
+            if let Some(h) = holds
+                .iter()
+                .find(|h| h.idempotency_key == hold.idempotency_key)
+            {
+                return Ok(Placed {
+                    created: false,
+                    hold: h.clone(),
+                });
+            }
+            let h = Hold {
+                id: holds.len() as i64 + 1,
+                idempotency_key: hold.idempotency_key.clone(),
+                external_id: hold.external_id.clone(),
+                user_id: hold.user_id.clone(),
+                due_at: hold.due_at,
+                body: hold.body.clone(),
+                attributes: hold.attributes.clone(),
+                manifest: hold.manifest.clone(),
+                created_at: now,
+                state: HoldState::Pending,
+            };
+            holds.push(h.clone());
+            Ok(Placed {
+                created: true,
+                hold: h,
+            })
+        }
+        async fn cancel_holds(
+            &self,
+            external_id: &str,
+            reason: &str,
+            now: DateTime<Utc>,
+        ) -> Result<Vec<Hold>, Down> {
+            let mut out = Vec::new();
+            for h in lock(&self.holds).iter_mut() {
+                if h.external_id == external_id && h.state == HoldState::Pending {
+                    h.state = HoldState::Cancelled {
+                        at: now,
+                        reason: reason.to_owned(),
+                    };
+                    out.push(h.clone());
+                }
+            }
+            Ok(out)
+        }
+        async fn supersession(
+            &self,
+            external_id: &str,
+            key: &IdempotencyKey,
+        ) -> Result<Option<Supersession>, Down> {
+            let rows = lock(&self.rows);
+            let Some(first) = rows
+                .iter()
+                .position(|r| r.idempotency_key.as_ref() == Some(key))
+            else {
+                return Ok(None);
+            };
+            Ok(rows[first + 1..]
+                .iter()
+                .rev()
+                .find(|r| {
+                    r.external_id.as_deref() == Some(external_id)
+                        && r.idempotency_key.as_ref().is_some_and(|k| k != key)
+                        && matches!(r.action.as_str(), "rehire" | "deactivate")
+                        && r.outcome != Outcome::DryRun
+                })
+                .map(|r| Supersession {
+                    action: r.action.clone(),
+                    outcome: r.outcome.as_str().to_owned(),
+                    manifest: r
+                        .manifest
+                        .as_ref()
+                        .map(|m| format!("{}/{}", m.bucket, m.key)),
+                    at: Utc::now(),
+                    effective_at: r.effective_at,
+                }))
         }
     }
 
@@ -1718,11 +2284,16 @@ mod tests {
     }
 
     fn body(external_id: &str, date: &str) -> String {
+        body_with(external_id, date, RecordAction::Terminate)
+    }
+
+    fn body_with(external_id: &str, date: &str, action: RecordAction) -> String {
         TerminationMessage::new(
             TerminationRecord {
                 external_id: ExternalId::parse(external_id).unwrap(),
                 user_id: None,
                 termination_date: TerminationDate::parse(date).unwrap(),
+                action,
             },
             ManifestOrigin {
                 bucket: "local".into(),
@@ -1994,47 +2565,144 @@ mod tests {
         assert_eq!(f.engine.calls("E9"), 0);
     }
 
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn at_clock(now: &str) -> (crate::clock::ManualClock, ConsumerOptions) {
+        let manual = crate::clock::ManualClock::new(t(now));
+        let options = ConsumerOptions {
+            clock: manual.clock(),
+            ..quick()
+        };
+        (manual, options)
+    }
+
     #[tokio::test]
-    async fn future_termination_is_held_not_attempted() {
-        let f = fixture(5, quick());
-        send(&f.queue, &[body("E1", "2999-01-01")]).await;
+    async fn future_termination_is_held_durably_and_the_message_deleted() {
+        let (_clock, options) = at_clock("2026-03-01T00:00:00Z");
+        let f = fixture(5, options);
+        send(
+            &f.queue,
+            &[body("E1", "2026-03-10"), body("E1", "2026-03-10")],
+        )
+        .await;
         let step = f.consumer.handle(receive_one(&f.queue).await).await;
         assert_eq!(
             step,
-            Step::NotDue {
-                delay: MAX_VISIBILITY
+            Step::Deferred {
+                effective_at: t("2026-03-10T00:00:00Z")
             }
         );
-        assert_eq!(f.engine.calls("E1"), 0);
-        assert_eq!(f.queue.len(), 1);
-        assert!(f.audit.outcomes().is_empty());
-    }
-
-    #[tokio::test]
-    async fn one_shot_runs_defer_future_terminations_as_scheduled() {
-        let f = fixture(
-            5,
-            ConsumerOptions {
-                not_due: NotDuePolicy::Defer,
-                ..quick()
-            },
-        );
-        send(&f.queue, &[body("E1", "2999-01-01")]).await;
+        // The same termination again (another manifest): still one hold.
         let step = f.consumer.handle(receive_one(&f.queue).await).await;
         assert!(matches!(step, Step::Deferred { .. }), "{step:?}");
         assert_eq!(f.engine.calls("E1"), 0);
-        assert!(f.queue.is_empty());
-        assert_eq!(f.audit.outcomes(), [Outcome::Scheduled]);
+        assert!(f.queue.is_empty(), "held in the store, not on the queue");
+        assert_eq!(lock(&f.audit.holds).len(), 1);
+        assert_eq!(f.audit.outcomes(), [Outcome::Scheduled, Outcome::Scheduled]);
     }
 
     #[tokio::test]
-    async fn held_on_last_receive_is_resent_fresh_not_redriven() {
-        let f = fixture(1, quick());
-        send(&f.queue, &[body("E1", "2999-01-01")]).await;
+    async fn due_by_the_injected_clock_is_attempted() {
+        let (clock, options) = at_clock("2026-03-01T00:00:00Z");
+        let f = fixture(5, options);
+        clock.set(t("2026-03-10T00:00:00Z"));
+        send(&f.queue, &[body("E1", "2026-03-10")]).await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::Done(Outcome::Deactivated)
+        );
+        assert!(lock(&f.audit.holds).is_empty());
+    }
+
+    #[tokio::test]
+    async fn beyond_max_future_days_is_dead_lettered_as_invalid() {
+        let (_clock, options) = at_clock("2026-03-01T00:00:00Z");
+        let f = fixture(
+            5,
+            ConsumerOptions {
+                max_future_days: 30,
+                ..options
+            },
+        );
+        send(&f.queue, &[body("E1", "2026-04-01")]).await;
         let step = f.consumer.handle(receive_one(&f.queue).await).await;
-        assert!(matches!(step, Step::NotDue { .. }));
-        assert!(f.dlq.is_empty());
-        assert_eq!(f.queue.len(), 1, "a fresh copy replaces the original");
+        assert_eq!(step, Step::DeadLettered(Outcome::Invalid));
+        let dead = f.dlq.snapshot();
+        assert!(
+            dead[0].1[attr::DETAIL].contains("MAX_FUTURE_DAYS=30"),
+            "{dead:?}"
+        );
+        assert!(lock(&f.audit.holds).is_empty());
+        assert_eq!(f.engine.calls("E1"), 0);
+    }
+
+    #[tokio::test]
+    async fn rehire_cancels_the_pending_hold_and_never_touches_genesys() {
+        let (_clock, options) = at_clock("2026-03-01T00:00:00Z");
+        let f = fixture(5, options);
+        send(
+            &f.queue,
+            &[
+                body("E1", "2026-03-10"),
+                body_with("E1", "2026-03-05", RecordAction::Rehire),
+            ],
+        )
+        .await;
+        f.consumer.handle(receive_one(&f.queue).await).await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::Done(Outcome::Rescinded)
+        );
+        assert!(matches!(
+            lock(&f.audit.holds)[0].state,
+            HoldState::Cancelled { .. }
+        ));
+        let rows = lock(&f.audit.rows).clone();
+        let actions: Vec<(&str, Outcome)> = rows
+            .iter()
+            .map(|r| (r.action.as_str(), r.outcome))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("deactivate", Outcome::Scheduled),
+                ("deactivate", Outcome::Rescinded),
+                ("rehire", Outcome::Rescinded),
+            ]
+        );
+        assert_eq!(rows[1].idempotency_key, rows[0].idempotency_key);
+        assert_eq!(f.engine.calls("E1"), 0);
+        // The termination redelivered later is already finished (rescinded).
+        send(&f.queue, &[body("E1", "2026-03-10")]).await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::AlreadyDone(Outcome::Rescinded)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_released_hold_racing_a_rehire_is_rescinded_not_deactivated() {
+        let (clock, options) = at_clock("2026-03-01T00:00:00Z");
+        let f = fixture(5, options);
+        send(&f.queue, &[body("E1", "2026-03-10")]).await;
+        f.consumer.handle(receive_one(&f.queue).await).await;
+        // The rehire is audited after the hold was released (it found no pending hold).
+        lock(&f.audit.holds)[0].state = HoldState::Released(t("2026-03-10T00:00:00Z"));
+        send(
+            &f.queue,
+            &[body_with("E1", "2026-03-09", RecordAction::Rehire)],
+        )
+        .await;
+        f.consumer.handle(receive_one(&f.queue).await).await;
+        clock.set(t("2026-03-10T00:00:00Z"));
+        send(&f.queue, &[body("E1", "2026-03-10")]).await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::Done(Outcome::Rescinded)
+        );
+        assert_eq!(f.engine.calls("E1"), 0);
     }
 
     #[tokio::test]
@@ -2303,6 +2971,7 @@ mod tests {
 
         let dry = ReplayOptions {
             reason: Some("forbidden".into()),
+            clock: Clock::system(),
             dry_run: true,
             actor: "tester".into(),
             ..ReplayOptions::default()
@@ -2335,6 +3004,62 @@ mod tests {
         assert_eq!(step, Step::Done(Outcome::Deactivated));
         // Everything left on the DLQ is visible again for the next replay.
         assert_eq!(f.dlq.receive(10, Duration::ZERO).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn replay_holds_what_is_not_yet_due_and_skips_what_a_rehire_superseded() {
+        let (clock, options) = at_clock("2026-03-01T00:00:00Z");
+        let f = fixture(5, options);
+        f.engine.script("E1", &[Outcome::Forbidden]);
+        f.engine.script("E2", &[Outcome::Forbidden]);
+        send(
+            &f.queue,
+            &[body("E1", "2026-02-01"), body("E2", "2026-02-01")],
+        )
+        .await;
+        for _ in 0..2 {
+            f.consumer.handle(receive_one(&f.queue).await).await;
+        }
+        send(
+            &f.queue,
+            &[body_with("E1", "2026-02-20", RecordAction::Rehire)],
+        )
+        .await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::Done(Outcome::Rescinded)
+        );
+        // Seen from a clock before E2's date (e.g. a wrong date fixed by HR).
+        clock.set(t("2026-01-15T00:00:00Z"));
+        let options = ReplayOptions {
+            actor: "tester".into(),
+            clock: clock.clock(),
+            ..ReplayOptions::default()
+        };
+        let report = replay_dead_letters(&f.dlq, &f.queue, f.audit.as_ref(), &options)
+            .await
+            .unwrap();
+        assert_eq!(report.replayed(), 0);
+        let by_id: HashMap<_, _> = report
+            .items
+            .iter()
+            .map(|i| (i.external_id.clone().unwrap(), i.clone()))
+            .collect();
+        assert!(
+            by_id["E1"]
+                .skipped
+                .as_deref()
+                .is_some_and(|s| s.starts_with("rehired by manifest local/m.json")),
+            "{report:?}"
+        );
+        assert_eq!(by_id["E2"].held_until, Some(t("2026-02-01T00:00:00Z")));
+        assert!(f.dlq.is_empty() && f.queue.is_empty());
+        let holds = lock(&f.audit.holds).clone();
+        assert_eq!(holds.len(), 1);
+        assert_eq!(holds[0].external_id, "E2");
+        assert!(holds[0].attributes.contains_key(attr::REPLAYED));
+        assert!(!holds[0].attributes.contains_key(attr::REASON));
+        assert_eq!(f.engine.calls("E1"), 1);
     }
 
     #[test]

@@ -25,10 +25,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, warn};
 
-use crate::audit::{AuditEntry, HeldManifest, HoldState, ManifestOrigin};
+use crate::audit::{AuditEntry, HeldManifest, ManifestHoldState, ManifestOrigin};
 use crate::breaker::{self, Breaker, Gate};
-use crate::consume::AuditSink;
-use crate::domain::{EffectiveAt, Outcome, TerminationRecord};
+use crate::clock::Clock;
+use crate::consume::{AuditSink, DEFAULT_MAX_FUTURE_DAYS, too_far_ahead};
+use crate::domain::{EffectiveAt, Outcome, RecordAction, TerminationRecord};
 use crate::manifest::{self, Entry, Format, ManifestError, Summary};
 use crate::queue::{MAX_BATCH, OutgoingMessage, Queue, TerminationMessage, truncate};
 use crate::signing::MessageAuth;
@@ -275,6 +276,11 @@ pub struct DispatchOptions {
     pub signing: MessageAuth,
     /// The mass-deactivation breaker, when on.
     pub breaker: Option<Arc<Breaker>>,
+    /// Terminations effective more than this many days ahead are rejected as
+    /// `invalid` (`MAX_FUTURE_DAYS`), audited, and not enqueued.
+    pub max_future_days: u32,
+    /// "Now", for the `MAX_FUTURE_DAYS` check.
+    pub clock: Clock,
 }
 
 impl Default for DispatchOptions {
@@ -288,7 +294,44 @@ impl Default for DispatchOptions {
             dry_run: false,
             signing: MessageAuth::Off,
             breaker: None,
+            max_future_days: DEFAULT_MAX_FUTURE_DAYS,
+            clock: Clock::system(),
         }
+    }
+}
+
+/// The audit row of a record refused for `MAX_FUTURE_DAYS` (outcome `invalid`,
+/// with its effective time). Like other rejected records it carries no
+/// idempotency key: the same termination sent again once within the limit must
+/// not look already finished to the consumer.
+fn too_far_entry(
+    message: &TerminationMessage,
+    position: &manifest::Position,
+    reason: &str,
+    attempt: u32,
+) -> AuditEntry {
+    AuditEntry {
+        external_id: Some(message.record.external_id.as_str().to_owned()),
+        user_id: message
+            .record
+            .user_id
+            .as_ref()
+            .map(|u| u.as_str().to_owned()),
+        action: "deactivate".into(),
+        status_code: None,
+        success: false,
+        error_message: Some(format!("{position}: {reason}")),
+        outcome: Outcome::Invalid,
+        credential: None,
+        groups_removed: Vec::new(),
+        attempt,
+        sqs_message_id: None,
+        manifest: Some(message.origin.clone()),
+        effective_at: Some(message.effective_at),
+        correlation_ids: Vec::new(),
+        duration_ms: None,
+        idempotency_key: None,
+        actor: None,
     }
 }
 
@@ -630,6 +673,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         let mut batch: Vec<OutgoingMessage> = Vec::with_capacity(MAX_BATCH);
         let mut enqueued = 0u64;
         let mut rejected_records = Vec::new();
+        let mut too_far = 0u64;
         let mut failure: Option<DispatchError> = None;
         while let Some(entry) = rx.recv().await {
             match entry {
@@ -645,6 +689,49 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                         self.options.hr_timezone,
                         self.options.effective_at,
                     );
+                    let far = (message.record.action == RecordAction::Terminate)
+                        .then(|| {
+                            too_far_ahead(
+                                message.effective_at,
+                                self.options.clock.now(),
+                                self.options.max_future_days,
+                            )
+                        })
+                        .flatten();
+                    if let Some(reason) = far {
+                        too_far += 1;
+                        if rejected_records.len() < MAX_LISTED_REJECTED {
+                            rejected_records.push(RejectedRecord {
+                                index: position.index,
+                                line: position.line,
+                                external_id: Some(message.record.external_id.as_str().to_owned()),
+                                reason: reason.clone(),
+                            });
+                        }
+                        warn!(manifest = name, %position, reason, "record rejected");
+                        if let Err(e) = self
+                            .audit
+                            .append(&{
+                                let mut entry =
+                                    too_far_entry(&message, &position, &reason, attempt);
+                                if dry_run {
+                                    entry.outcome = Outcome::DryRun;
+                                    entry.error_message = Some(format!(
+                                        "dry run: would reject {position}: {reason}"
+                                    ));
+                                }
+                                entry
+                            })
+                            .await
+                        {
+                            failure = Some(DispatchError::Audit {
+                                manifest: name.clone(),
+                                detail: e.to_string(),
+                            });
+                            break;
+                        }
+                        continue;
+                    }
                     let body = message.encode();
                     batch.push(OutgoingMessage {
                         attributes: {
@@ -773,6 +860,11 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                 second: Box::new(second),
             });
         }
+        // Records refused for MAX_FUTURE_DAYS are rejected records, not
+        // terminations: the summary still reconciles.
+        let mut second = second;
+        second.valid = second.valid.saturating_sub(too_far);
+        second.rejected += too_far;
         let report = DispatchReport {
             origin,
             summary: second,
@@ -1088,7 +1180,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             terminations: first.valid,
             active_users: None,
             reason: String::new(),
-            state: HoldState::Held,
+            state: ManifestHoldState::Held,
             held_at: chrono::Utc::now(),
             decided_by: None,
             decided_at: None,

@@ -269,6 +269,45 @@ impl fmt::Display for TerminationDate {
     }
 }
 
+/// What a manifest record asks for (manifest field / CSV column `action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordAction {
+    /// Deprovision the person at the effective time (the default).
+    #[default]
+    Terminate,
+    /// The person was rehired (or the termination was withdrawn): any pending
+    /// hold for this externalId is cancelled and no replay may act on an earlier
+    /// termination. Never touches Genesys.
+    Rehire,
+}
+
+impl RecordAction {
+    /// Parses `terminate` or `rehire` (case-insensitive, trimmed; empty means
+    /// `terminate`). Errors: the trimmed value.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "" | "terminate" | "termination" => Ok(Self::Terminate),
+            "rehire" => Ok(Self::Rehire),
+            other => Err(other.to_owned()),
+        }
+    }
+
+    /// The lowercase name (also the audit `action` of a rehire row: `rehire`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Terminate => "terminate",
+            Self::Rehire => "rehire",
+        }
+    }
+
+    /// True for the default, so that messages of terminations keep their
+    /// original shape (no `action` member).
+    pub fn is_terminate(&self) -> bool {
+        *self == Self::Terminate
+    }
+}
+
 /// One validated manifest record (design.md, "Manifest record").
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TerminationRecord {
@@ -281,13 +320,25 @@ pub struct TerminationRecord {
     /// When access must be gone.
     #[serde(rename = "terminationDate")]
     pub termination_date: TerminationDate,
+    /// `terminate` (default, omitted from JSON) or `rehire`.
+    #[serde(default, skip_serializing_if = "RecordAction::is_terminate")]
+    pub action: RecordAction,
 }
 
 impl TerminationRecord {
     /// The idempotency key of this termination: the same person terminated on the
     /// same date is one termination, however often it is delivered or re-uploaded.
+    /// A rehire has its own key ([`IdempotencyKey::derive_rehire`]), so that it
+    /// never collides with the termination it reverses.
     pub fn idempotency_key(&self) -> IdempotencyKey {
-        IdempotencyKey::derive(&self.external_id, &self.termination_date)
+        match self.action {
+            RecordAction::Terminate => {
+                IdempotencyKey::derive(&self.external_id, &self.termination_date)
+            }
+            RecordAction::Rehire => {
+                IdempotencyKey::derive_rehire(&self.external_id, &self.termination_date)
+            }
+        }
     }
 }
 
@@ -302,6 +353,17 @@ impl IdempotencyKey {
     pub fn derive(external_id: &ExternalId, date: &TerminationDate) -> Self {
         let mut h = Sha256::new();
         h.update(b"v1\n");
+        h.update(external_id.as_str().as_bytes());
+        h.update(b"\n");
+        h.update(date.canonical().as_bytes());
+        Self(hex::encode(h.finalize()))
+    }
+
+    /// The key of a rehire record: `sha256("v1\nrehire\n" + externalId + "\n" +
+    /// canonical date)`, distinct from every termination key.
+    pub fn derive_rehire(external_id: &ExternalId, date: &TerminationDate) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"v1\nrehire\n");
         h.update(external_id.as_str().as_bytes());
         h.update(b"\n");
         h.update(date.canonical().as_bytes());
@@ -353,8 +415,8 @@ impl Credential {
     }
 }
 
-/// What happened to one termination (design.md, "Outcomes"). The first nine are
-/// terminal; `Retrying`, `Scheduled`, `Held` and `DryRun` are not.
+/// What happened to one termination (design.md, "Outcomes"). The first nine and
+/// `Rescinded` are terminal; `Retrying`, `Scheduled`, `Held` and `DryRun` are not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -385,11 +447,15 @@ pub enum Outcome {
     Held,
     /// A dry run: what would have been done, with nothing changed.
     DryRun,
+    /// Withdrawn before it was carried out: a rehire record arrived for this
+    /// externalId (the rehire's own row, and a row for each held termination it
+    /// cancelled). Nothing was changed in Genesys. Terminal, not a success.
+    Rescinded,
 }
 
 impl Outcome {
     /// Every outcome, in the order reports list them.
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Self::Deactivated,
         Self::AlreadyInactive,
         Self::NotFound,
@@ -403,6 +469,7 @@ impl Outcome {
         Self::Scheduled,
         Self::Held,
         Self::DryRun,
+        Self::Rescinded,
     ];
 
     /// The snake_case name used in the audit log, messages and reports.
@@ -421,6 +488,7 @@ impl Outcome {
             Self::Scheduled => "scheduled",
             Self::Held => "held",
             Self::DryRun => "dry_run",
+            Self::Rescinded => "rescinded",
         }
     }
 

@@ -19,6 +19,9 @@
 //!   for the embedded `run`.
 //! - [`consume`]: the worker loop: receive, deprovision, audit, then delete or
 //!   dead-letter.
+//! - [`release`]: moves durable holds (future-dated terminations) back onto the
+//!   terminations queue when they fall due.
+//! - [`clock`]: the injectable wall clock behind every "is it due yet" decision.
 //! - [`engine`]: deprovisions one person: resolve, deactivate, strip groups,
 //!   verify, classify.
 //! - [`protect`]: protected accounts (`PROTECTED_USERS`, `PROTECTED_GROUPS`) the
@@ -33,6 +36,7 @@
 
 pub mod audit;
 pub mod breaker;
+pub mod clock;
 pub mod config;
 pub mod consume;
 pub mod dispatch;
@@ -43,6 +47,7 @@ pub mod manifest;
 pub mod plan;
 pub mod protect;
 pub mod queue;
+pub mod release;
 pub mod report;
 pub mod scim;
 pub mod signing;

@@ -27,7 +27,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{
-    DomainError, ExternalId, IdempotencyKey, ScimUserId, TerminationDate, TerminationRecord,
+    DomainError, ExternalId, IdempotencyKey, RecordAction, ScimUserId, TerminationDate,
+    TerminationRecord,
 };
 
 /// Largest single record accepted, in bytes. A termination record is three short
@@ -123,6 +124,12 @@ pub enum RecordError {
     NotUtf8 {
         /// The field name.
         field: &'static str,
+    },
+    /// `action` is neither `terminate` nor `rehire`.
+    #[error("action {value:?} is not terminate or rehire")]
+    UnknownAction {
+        /// The value found (trimmed).
+        value: String,
     },
     /// A field failed domain validation (the reason names the field and value).
     #[error(transparent)]
@@ -423,6 +430,7 @@ struct RawFields {
     external_id: Option<Result<String, RecordError>>,
     user_id: Option<Result<String, RecordError>>,
     termination_date: Option<Result<String, RecordError>>,
+    action: Option<Result<String, RecordError>>,
 }
 
 impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
@@ -555,10 +563,17 @@ fn build_record(fields: RawFields) -> Result<TerminationRecord, RecordError> {
         Some(raw) => Some(ScimUserId::parse(raw.trim())?),
         None => None,
     };
+    let action = match fields.action.transpose()? {
+        Some(raw) => {
+            RecordAction::parse(&raw).map_err(|value| RecordError::UnknownAction { value })?
+        }
+        None => RecordAction::Terminate,
+    };
     Ok(TerminationRecord {
         external_id,
         user_id,
         termination_date,
+        action,
     })
 }
 
@@ -570,6 +585,7 @@ enum Field {
     ExternalId,
     UserId,
     TerminationDate,
+    Action,
 }
 
 fn field_for(name: &str) -> Option<Field> {
@@ -582,6 +598,7 @@ fn field_for(name: &str) -> Option<Field> {
         "externalid" => Some(Field::ExternalId),
         "userid" => Some(Field::UserId),
         "terminationdate" => Some(Field::TerminationDate),
+        "action" => Some(Field::Action),
         _ => None,
     }
 }
@@ -664,11 +681,13 @@ fn fields_from_json(record: RawRecord) -> Result<RawFields, RecordError> {
             Field::ExternalId => "externalId",
             Field::UserId => "userId",
             Field::TerminationDate => "terminationDate",
+            Field::Action => "action",
         };
         let slot = match field {
             Field::ExternalId => &fields.external_id,
             Field::UserId => &fields.user_id,
             Field::TerminationDate => &fields.termination_date,
+            Field::Action => &fields.action,
         };
         if slot.is_some() {
             return Err(RecordError::DuplicateField { field: label });
@@ -685,6 +704,7 @@ fn fields_from_json(record: RawRecord) -> Result<RawFields, RecordError> {
             Field::ExternalId => &mut fields.external_id,
             Field::UserId => &mut fields.user_id,
             Field::TerminationDate => &mut fields.termination_date,
+            Field::Action => &mut fields.action,
         };
         *slot = Some(parsed);
     }
@@ -909,13 +929,14 @@ fn read_csv<R: Read, F: FnMut(Entry) -> ControlFlow<()>>(
     };
     let headers = reader.headers().map_err(csv_error)?.clone();
     let header_line = headers.position().map_or(1, csv::Position::line);
-    let mut columns: [Option<usize>; 3] = [None; 3];
+    let mut columns: [Option<usize>; 4] = [None; 4];
     let found = || headers.iter().map(str::to_owned).collect::<Vec<_>>();
     for (i, name) in headers.iter().enumerate() {
         let (slot, column) = match field_for(name) {
             Some(Field::ExternalId) => (0, "externalId"),
             Some(Field::UserId) => (1, "userId"),
             Some(Field::TerminationDate) => (2, "terminationDate"),
+            Some(Field::Action) => (3, "action"),
             None => continue,
         };
         // Two date (or id) columns: which one HR meant cannot be known.
@@ -928,7 +949,7 @@ fn read_csv<R: Read, F: FnMut(Entry) -> ControlFlow<()>>(
         }
         columns[slot] = Some(i);
     }
-    let [Some(ext_col), user_col, Some(date_col)] = columns else {
+    let [Some(ext_col), user_col, Some(date_col), action_col] = columns else {
         let column = if columns[0].is_none() {
             "externalId"
         } else {
@@ -965,6 +986,7 @@ fn read_csv<R: Read, F: FnMut(Entry) -> ControlFlow<()>>(
             external_id: cell(ext_col, "externalId"),
             user_id: user_col.and_then(|c| cell(c, "userId")),
             termination_date: cell(date_col, "terminationDate"),
+            action: action_col.and_then(|c| cell(c, "action")),
         };
         if sink.push(line, Ok(fields)).is_break() {
             return Err(ManifestError::Stopped(sink.summary.records));
@@ -1039,6 +1061,47 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn action_column_and_member_mark_rehires_and_refuse_unknown_actions() {
+        let actions = |entries: &[Entry]| -> Vec<(String, RecordAction)> {
+            entries
+                .iter()
+                .filter_map(|e| match e {
+                    Entry::Valid { record, .. } => {
+                        Some((record.external_id.to_string(), record.action))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let csv = "externalId,terminationDate,Action\nE1,2026-03-02,\nE2,2026-03-02,REHIRE\nE3,2026-03-02,terminate\nE4,2026-03-02,fire\n";
+        let (summary, entries) = collect(csv, Some(Format::Csv)).unwrap();
+        assert_eq!((summary.valid, summary.rejected), (3, 1));
+        assert_eq!(
+            actions(&entries),
+            [
+                ("E1".to_owned(), RecordAction::Terminate),
+                ("E2".to_owned(), RecordAction::Rehire),
+                ("E3".to_owned(), RecordAction::Terminate),
+            ]
+        );
+        assert!(rejected(&entries)[0].2.contains("\"fire\""));
+        // A rehire and a termination of the same person and date are two records.
+        let ndjson = "{\"externalId\":\"E1\",\"terminationDate\":\"2026-03-02\"}\n{\"externalId\":\"E1\",\"terminationDate\":\"2026-03-02\",\"action\":\"rehire\"}\n{\"externalId\":\"E2\",\"terminationDate\":\"2026-03-02\",\"action\":7}\n";
+        let (summary, entries) = collect(ndjson, None).unwrap();
+        assert_eq!(
+            (summary.valid, summary.duplicates, summary.rejected),
+            (2, 0, 1)
+        );
+        assert_eq!(
+            actions(&entries),
+            [
+                ("E1".to_owned(), RecordAction::Terminate),
+                ("E1".to_owned(), RecordAction::Rehire),
+            ]
+        );
     }
 
     #[test]

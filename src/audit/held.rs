@@ -15,7 +15,7 @@ use super::{AuditError, AuditStore, Backend};
 /// Where a held manifest stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum HoldState {
+pub enum ManifestHoldState {
     /// Waiting for `approve` or `reject`.
     Held,
     /// Approved and dispatched.
@@ -24,7 +24,7 @@ pub enum HoldState {
     Rejected,
 }
 
-impl HoldState {
+impl ManifestHoldState {
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -64,7 +64,7 @@ pub struct HeldManifest {
     /// Why the breaker tripped.
     pub reason: String,
     /// Held, approved or rejected.
-    pub state: HoldState,
+    pub state: ManifestHoldState,
     /// When it was held.
     pub held_at: DateTime<Utc>,
     /// Who approved or rejected it.
@@ -113,7 +113,7 @@ macro_rules! decode_row {
             .map_err(|e| corrupt("active_users", e.to_string()));
         (|| -> Result<HeldManifest, AuditError> {
             let state_raw = text("state")?;
-            let state = HoldState::parse(&state_raw).ok_or_else(|| corrupt("state", state_raw))?;
+            let state = ManifestHoldState::parse(&state_raw).ok_or_else(|| corrupt("state", state_raw))?;
             Ok(HeldManifest {
                 manifest_id: text("manifest_id")?,
                 bucket: text("bucket")?,
@@ -228,7 +228,7 @@ impl AuditStore {
     pub async fn decide_held_manifest(
         &self,
         manifest_id: &str,
-        state: HoldState,
+        state: ManifestHoldState,
         by: &str,
         at: DateTime<Utc>,
     ) -> Result<bool, AuditError> {

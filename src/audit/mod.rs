@@ -2,10 +2,13 @@
 //! manifest event and operator action. PostgreSQL in production, SQLite for the
 //! embedded default, chosen by the `DATABASE_URL` scheme, with the same behaviour
 //! and the same database-enforced append-only guarantees on both. This module never
-//! updates or deletes a row; it knows nothing about SCIM or queues.
+//! updates or deletes an audit row (only [`holds`] moves a hold forward, in its own
+//! table); it knows nothing about SCIM or queues.
 //!
 //! - [`chain`]: the canonical row content and the SHA-256 chain (pure).
 //! - `postgres` / `sqlite`: the two backends (SQL, locking, type mapping).
+//! - [`holds`]: the mutable `termination_holds` table of future-dated
+//!   terminations (the one table here that is updated, and only forward).
 //!
 //! Stored instants are UTC with millisecond precision on both backends: PostgreSQL
 //! `timestamptz` bound from a Rust `DateTime<Utc>` (so the session `TimeZone` of the
@@ -15,6 +18,7 @@
 pub mod chain;
 mod claims;
 mod held;
+pub mod holds;
 mod postgres;
 mod sqlite;
 
@@ -28,7 +32,8 @@ use crate::domain::{Credential, IdempotencyKey, Outcome};
 
 pub use chain::{BreakReason, BrokenRow, VerifyReport};
 pub use claims::ClaimState;
-pub use held::{HeldManifest, HoldState};
+pub use held::{HeldManifest, ManifestHoldState};
+pub use holds::{Hold, HoldState, NewHold, Placed, ReleaseBatch, Supersession};
 
 /// Where a termination came from: the manifest object and the record's position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -52,7 +57,8 @@ pub struct AuditEntry {
     pub external_id: Option<String>,
     /// The SCIM user id, when resolved (never a placeholder such as `UNKNOWN`).
     pub user_id: Option<String>,
-    /// What was attempted: `deactivate`, `manifest`, `replay`, `approve`, `reject`.
+    /// What was attempted: `deactivate`, `manifest`, `replay`, `approve`, `reject`,
+    /// `rehire`.
     pub action: String,
     /// The deciding HTTP status, if a SCIM response decided it.
     pub status_code: Option<u16>,
@@ -85,7 +91,9 @@ pub struct AuditEntry {
 }
 
 /// Actions whose rows are not about one termination; reports skip them.
-pub const NON_TERMINATION_ACTIONS: [&str; 4] = ["manifest", "replay", "approve", "reject"];
+/// A `rehire` row records a reversal, not a termination: it is not counted as one.
+pub const NON_TERMINATION_ACTIONS: [&str; 5] =
+    ["manifest", "replay", "approve", "reject", "rehire"];
 
 /// Why the audit store failed. Messages name the row, termination or URL involved
 /// (URLs without their password) and never carry secrets.
@@ -157,6 +165,17 @@ pub enum AuditError {
         #[source]
         source: sqlx::Error,
     },
+    /// A query on the holds table failed (nothing was changed by it).
+    #[error("cannot {what} the hold of {subject}: {source}")]
+    Hold {
+        /// Which operation (`place`, `claim`, `cancel`, …).
+        what: &'static str,
+        /// Which termination or person.
+        subject: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
     /// A stored value cannot be turned back into its domain type.
     #[error("audit row {id} has an unreadable {column}: {value:?}")]
     Corrupt {
@@ -204,7 +223,7 @@ impl std::fmt::Debug for AuditStore {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct BucketCounts {
     /// Terminations by reported outcome, indexed like [`Outcome::ALL`].
-    pub by_outcome: [u64; 13],
+    pub by_outcome: [u64; Outcome::ALL.len()],
     /// Successful terminations (`deactivated`, `already_inactive`) with a known
     /// effective time.
     pub sla_measured: u64,
@@ -321,7 +340,7 @@ pub struct StoredRow {
 /// `concat!` can build `&'static str` queries (sqlx only accepts static SQL).
 macro_rules! termination_row {
     () => {
-        "action NOT IN ('manifest', 'replay', 'approve', 'reject') \
+        "action NOT IN ('manifest', 'replay', 'approve', 'reject', 'rehire') \
          AND (idempotency_key IS NOT NULL OR external_id IS NOT NULL)"
     };
 }
@@ -337,7 +356,8 @@ macro_rules! outcome_code {
          WHEN 'not_found' THEN 2 WHEN 'ambiguous' THEN 3 WHEN 'identity_mismatch' THEN 4 \
          WHEN 'protected' THEN 5 WHEN 'invalid' THEN 6 WHEN 'forbidden' THEN 7 \
          WHEN 'failed' THEN 8 WHEN 'retrying' THEN 9 WHEN 'scheduled' THEN 10 \
-         WHEN 'held' THEN 11 WHEN 'dry_run' THEN 12 ELSE 15 END"
+         WHEN 'held' THEN 11 WHEN 'dry_run' THEN 12 WHEN 'rescinded' THEN 13 \
+         ELSE 15 END"
     };
 }
 /// Per termination (rows grouped by their first row): first seen, latest

@@ -72,8 +72,8 @@ impl PgStore {
             .map_err(|source| AuditError::Migrate { source })
     }
 
-    /// The pool, for the claims table (`super::claims`) and the
-    /// `held_manifests` queries (`super::held`).
+    /// The pool, for the working-state tables that share this database: claims
+    /// (`super::claims`), held manifests (`super::held`), holds (`super::holds`).
     pub(super) fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -236,7 +236,7 @@ impl PgStore {
                count(*) FILTER (WHERE code = 6), count(*) FILTER (WHERE code = 7), \
                count(*) FILTER (WHERE code = 8), count(*) FILTER (WHERE code = 9), \
                count(*) FILTER (WHERE code = 10), count(*) FILTER (WHERE code = 11), \
-               count(*) FILTER (WHERE code = 12), \
+               count(*) FILTER (WHERE code = 12), count(*) FILTER (WHERE code = 13), \
                count(hours), \
                percentile_cont(0.5) WITHIN GROUP (ORDER BY hours), \
                percentile_cont(0.95) WITHIN GROUP (ORDER BY hours), \
@@ -262,11 +262,13 @@ impl PgStore {
                 let n: i64 = row.try_get(i + 1).map_err(read)?;
                 *slot = u64::try_from(n).unwrap_or(0);
             }
-            let measured: i64 = row.try_get(14).map_err(read)?;
+            // After the bucket and one count per outcome.
+            let sla = crate::domain::Outcome::ALL.len() + 1;
+            let measured: i64 = row.try_get(sla).map_err(read)?;
             bucket.sla_measured = u64::try_from(measured).unwrap_or(0);
-            bucket.sla_median_hours = row.try_get(15).map_err(read)?;
-            bucket.sla_p95_hours = row.try_get(16).map_err(read)?;
-            let over: i64 = row.try_get(17).map_err(read)?;
+            bucket.sla_median_hours = row.try_get(sla + 1).map_err(read)?;
+            bucket.sla_p95_hours = row.try_get(sla + 2).map_err(read)?;
+            let over: i64 = row.try_get(sla + 3).map_err(read)?;
             bucket.sla_over_24h = u64::try_from(over).unwrap_or(0);
         }
         Ok(buckets)

@@ -73,8 +73,8 @@ impl SqliteStore {
             .map_err(|source| AuditError::Migrate { source })
     }
 
-    /// The pool, for the claims table (`super::claims`) and the
-    /// `held_manifests` queries (`super::held`).
+    /// The pool, for the working-state tables that share this database: claims
+    /// (`super::claims`), held manifests (`super::held`), holds (`super::holds`).
     pub(super) fn pool(&self) -> &SqlitePool {
         &self.pool
     }

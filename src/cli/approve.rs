@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use deprovision::audit::{AuditStore, HoldState};
+use deprovision::audit::{AuditStore, ManifestHoldState};
 use deprovision::breaker;
 use deprovision::config::{AuditArgs, AwsArgs, PolicyArgs, SigningArgs};
 use deprovision::dispatch::{DispatchOptions, DispatchReport, Dispatcher, s3_client};
@@ -101,10 +101,10 @@ pub async fn record_run_approval(
 ) -> anyhow::Result<()> {
     let id = report.manifest_id.as_deref().unwrap_or("-");
     if let Some(held) = store.held_manifest(id).await.context("reading holds")?
-        && held.state == HoldState::Held
+        && held.state == ManifestHoldState::Held
     {
         store
-            .decide_held_manifest(id, HoldState::Approved, by, chrono::Utc::now())
+            .decide_held_manifest(id, ManifestHoldState::Approved, by, chrono::Utc::now())
             .await
             .context("marking the hold approved")?;
     }

@@ -83,6 +83,7 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
             effective_at: args.policy.termination_effective_at,
             signing,
             breaker: Some(breaker),
+            max_future_days: args.policy.max_future_days,
             ..DispatchOptions::default()
         },
     );

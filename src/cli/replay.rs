@@ -1,7 +1,10 @@
 //! `deprovision replay-dlq [--max N] [--reason R] [--dry-run]`: moves
 //! dead-lettered terminations back to the terminations queue after their cause is
 //! fixed (receive, send, delete; each replay audited with the operator's name).
-//! Prints one line per message seen, then a count.
+//! Each termination is re-checked first: one superseded by a later rehire or
+//! termination is skipped (audited, removed from the DLQ) and one not yet due is
+//! held durably instead. Prints one line per message seen (with the reason for
+//! each skip), then a count.
 
 use std::process::ExitCode;
 
@@ -55,6 +58,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         reason: args.reason.clone(),
         dry_run: args.dry_run,
         actor: args.actor.or("operator"),
+        ..ReplayOptions::default()
     };
     let report = replay_dead_letters(&dead_letter, &terminations, &audit, &options)
         .await
@@ -67,7 +71,13 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 let verb = match (item.replayed, args.dry_run) {
                     (true, true) => "would replay",
                     (true, false) => "replayed",
-                    (false, _) => "kept",
+                    (false, dry) => match (&item.skipped, item.held_until, dry) {
+                        (Some(_), _, true) => "would skip",
+                        (Some(_), _, false) => "skipped",
+                        (None, Some(_), true) => "would hold",
+                        (None, Some(_), false) => "held",
+                        (None, None, _) => "kept",
+                    },
                 };
                 println!(
                     "{verb:<12} {}  externalId={}  reason={}{}",
@@ -79,6 +89,16 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                         .map(|d| format!("  ({d})"))
                         .unwrap_or_default()
                 );
+                if let Some(why) = &item.skipped {
+                    println!("{:<12} why: {why}", "");
+                }
+                if let Some(until) = item.held_until {
+                    println!(
+                        "{:<12} not due until {}: held durably, not replayed",
+                        "",
+                        until.to_rfc3339()
+                    );
+                }
             }
             let n = report.replayed();
             let seen = report.items.len();

@@ -1,4 +1,4 @@
-//! `deprovision report weekly|evidence`: the compliance reports, read-only, to
+//! `deprovision report weekly|evidence|pending`: the compliance reports, read-only, to
 //! standard output or `--out FILE`. Flag parsing and output only; the numbers come
 //! from `deprovision::report`.
 
@@ -27,6 +27,23 @@ enum ReportCommand {
     Weekly(WeeklyArgs),
     /// One row per termination with the evidence an auditor samples.
     Evidence(EvidenceArgs),
+    /// Future-dated terminations held until their effective time, soonest first.
+    Pending(PendingArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PendingArgs {
+    #[command(flatten)]
+    audit: AuditArgs,
+    /// IANA zone in which due times are also shown.
+    #[arg(long, default_value = "UTC")]
+    tz: Tz,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = WeeklyFormat::Table)]
+    format: WeeklyFormat,
+    /// Write the report to this file instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -86,7 +103,23 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         ReportCommand::Weekly(w) => weekly(w).await,
         ReportCommand::Evidence(e) => evidence(e).await,
+        ReportCommand::Pending(p) => pending(p).await,
     }
+}
+
+async fn pending(args: PendingArgs) -> anyhow::Result<ExitCode> {
+    let store = connect(&args.audit).await?;
+    let pending = report::pending(&store, args.tz)
+        .await
+        .context("deprovision report pending")?;
+    store.close().await;
+    let text = match args.format {
+        WeeklyFormat::Table => pending.to_table(),
+        WeeklyFormat::Csv => pending.to_csv()?,
+        WeeklyFormat::Json => pending.to_json()?,
+    };
+    emit(&text, args.out.as_ref())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn connect(audit: &AuditArgs) -> anyhow::Result<AuditStore> {

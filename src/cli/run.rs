@@ -27,7 +27,7 @@ use deprovision::breaker::Breaker;
 use deprovision::config::{
     AuditArgs, BreakerArgs, PolicyArgs, ProtectionArgs, ScimArgs, SigningArgs,
 };
-use deprovision::consume::{Consumer, ConsumerOptions, NotDuePolicy, TallySnapshot};
+use deprovision::consume::{Consumer, ConsumerOptions, TallySnapshot};
 use deprovision::dispatch::{
     Approved, DispatchOptions, DispatchReport, Dispatcher, ManifestSource, s3_client,
 };
@@ -36,6 +36,7 @@ use deprovision::engine::Engine;
 use deprovision::plan::{Decision, Journal, PlanDocument, PlanSettings, would_label};
 use deprovision::queue::sqs::load_aws_config;
 use deprovision::queue::{MemoryQueue, TerminationMessage, attr};
+use deprovision::release::{Releaser, ReleaserOptions};
 use deprovision::sim::{RunningSim, Seed, SimConfig};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -143,8 +144,13 @@ struct Summary {
     not_deprovisioned: Vec<Person>,
     /// How many more than those listed.
     not_deprovisioned_more: u64,
+    /// Held terminations of earlier runs that were due at start and were
+    /// released into this run's queue (they are accounted for too).
+    released_holds: u64,
+    /// The earliest due time among the holds still pending at the end.
+    next_due: Option<chrono::DateTime<chrono::Utc>>,
     /// Distinct terminations that reached an end state (terminal outcome,
-    /// dry run, scheduled for later, or already finished by an earlier run).
+    /// dry run, held for later, or already finished by an earlier run).
     accounted: u64,
     reconciled: bool,
     interrupted: bool,
@@ -193,6 +199,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             hr_timezone: args.policy.hr_timezone,
             effective_at: args.policy.termination_effective_at,
             dry_run: args.dry_run,
+            max_future_days: args.policy.max_future_days,
             ..DispatchOptions::default()
         },
     );
@@ -244,6 +251,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             hr_timezone: args.policy.hr_timezone,
             effective_at: args.policy.termination_effective_at,
             dry_run: args.dry_run,
+            max_future_days: args.policy.max_future_days,
             signing: signing.clone(),
             // A dry run changes nothing, and is how a reviewer sees the plan of
             // a manifest the breaker would hold: it is assessed, not held.
@@ -260,7 +268,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ConsumerOptions {
             concurrency: args.policy.concurrency.max(1),
             dry_run: args.dry_run,
-            not_due: NotDuePolicy::Defer,
+            max_future_days: args.policy.max_future_days,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             signing,
@@ -281,6 +289,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let pool = {
         let stop = stop_pool.clone();
         tokio::spawn(async move { consumer.run(stop).await })
+    };
+
+    // Holds of earlier runs that are due now go first. A dry run leaves them
+    // held: releasing them would mark them released with nothing done.
+    let released_holds = if args.dry_run {
+        let now = chrono::Utc::now();
+        let due = audit
+            .pending_holds()
+            .await
+            .context("reading held terminations")?
+            .iter()
+            .filter(|h| h.due_at <= now)
+            .count();
+        if due > 0 {
+            eprintln!("{due} held termination(s) are due; a dry run leaves them held");
+        }
+        0
+    } else {
+        let releaser = Releaser::new((*audit).clone(), queue.clone(), ReleaserOptions::default());
+        let round = releaser
+            .release_due()
+            .await
+            .context("releasing due held terminations")?;
+        if !round.released.is_empty() {
+            eprintln!(
+                "released {} held termination(s) now due from {audit_url}",
+                round.released.len()
+            );
+        }
+        round.released.len() as u64
     };
 
     let dispatched = if args.approve {
@@ -357,6 +395,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(sim) = sim {
         sim.shutdown().await;
     }
+    let next_due = if pool_report.tally.not_due > 0 {
+        audit
+            .pending_holds()
+            .await
+            .context("reading held terminations")?
+            .first()
+            .map(|h| h.due_at)
+    } else {
+        None
+    };
     audit.close().await;
 
     let tally = pool_report.tally;
@@ -369,8 +417,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .filter(|o| o.is_dead_lettered())
         .map(|o| tally.count(o))
         .sum();
-    let reconciled =
-        !interrupted && report.summary.reconciles() && accounted == report.summary.valid;
+    let reconciled = !interrupted
+        && report.summary.reconciles()
+        && accounted == report.summary.valid + released_holds;
     let dead_lettered = dead_letter
         .snapshot()
         .into_iter()
@@ -420,6 +469,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .map(|d| Person::of(d))
             .collect(),
         not_deprovisioned_more: more + review.len().saturating_sub(REVIEW_KEPT) as u64,
+        released_holds,
+        next_due,
         accounted,
         reconciled,
         interrupted,
@@ -510,10 +561,21 @@ fn render_text(s: &Summary, decisions: &[Decision]) -> String {
         }
     }
     if s.tally.not_due > 0 {
+        let next = s
+            .next_due
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| "unknown".into());
         let _ = writeln!(
             out,
-            "  {:<24} {:>7}   (not yet due; run again after the date)",
+            "  {:<24} {:>7}   (next due {next}; held in the audit database, released by `run` or `serve` once due)",
             "scheduled", s.tally.not_due
+        );
+    }
+    if s.released_holds > 0 {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>7}   (held by earlier runs, due now, released into this run)",
+            "released holds", s.released_holds
         );
     }
     if s.tally.already_done > 0 {
@@ -617,7 +679,7 @@ fn render_text(s: &Summary, decisions: &[Decision]) -> String {
             "NOT RECONCILED"
         },
         s.accounted,
-        m.valid,
+        m.valid + s.released_holds,
         s.audit
     );
     if s.interrupted {

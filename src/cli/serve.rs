@@ -1,6 +1,7 @@
 //! `deprovision serve`: the ECS service. Runs the dispatcher on the
 //! manifest-events queue and the consumer pool on the terminations queue in one
-//! process, serves `/healthz` (alive), `/metrics` and `/readyz` (queues, audit
+//! process, with the hold releaser (future-dated terminations back onto the
+//! terminations queue when due, every `HOLD_RELEASE_INTERVAL_SECS`), serves `/healthz` (alive), `/metrics` and `/readyz` (queues, audit
 //! database and token endpoint reachable) on `HEALTH_ADDR`, and on SIGTERM or SIGINT drains (stops intake,
 //! lets started terminations finish within the drain deadline, releases the
 //! rest) and exits 0. Also holds the queue and signal wiring the other queue
@@ -18,8 +19,8 @@ use axum::routing::get;
 use deprovision::audit::AuditStore;
 use deprovision::breaker::{Breaker, Limits};
 use deprovision::config::{
-    AuditArgs, AwsArgs, BreakerArgs, ConsumerArgs, HealthArgs, PolicyArgs, ProtectionArgs,
-    ScimArgs, ScimTarget, SigningArgs,
+    AuditArgs, AwsArgs, BreakerArgs, ConsumerArgs, HealthArgs, HoldArgs, PolicyArgs,
+    ProtectionArgs, ScimArgs, ScimTarget, SigningArgs,
 };
 use deprovision::consume::{AuditSink, Consumer, ConsumerOptions};
 use deprovision::dispatch::{DispatchOptions, Dispatcher, s3_client};
@@ -27,6 +28,7 @@ use deprovision::domain::IdempotencyKey;
 use deprovision::engine::Engine;
 use deprovision::queue::SqsQueue;
 use deprovision::queue::sqs::load_aws_config;
+use deprovision::release::{Releaser, ReleaserOptions};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -50,6 +52,8 @@ pub struct ServeArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub aws: AwsArgs,
+    #[command(flatten)]
+    pub holds: HoldArgs,
     #[command(flatten)]
     pub signing: SigningArgs,
     #[command(flatten)]
@@ -302,14 +306,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         retry_base: args.consumer.retry_base(),
         dry_run: args.dry_run,
         signing: signing.clone(),
+        max_future_days: args.policy.max_future_days,
         ..ConsumerOptions::default()
     };
+    // A dry run must not release holds: they would be marked released while the
+    // pool only plans them.
+    let release_holds = !options.dry_run;
     let consumer = Consumer::new(
         terminations.clone(),
         dead_letter,
         engine,
         audit.clone(),
         options,
+    );
+    let releaser = Releaser::new(
+        (*audit).clone(),
+        terminations.clone(),
+        ReleaserOptions {
+            interval: args.holds.interval(),
+            ..ReleaserOptions::default()
+        },
     );
     let dispatcher = Dispatcher::new(
         Some(s3_client(&aws)),
@@ -325,6 +341,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 breaker_scim,
                 (*audit).clone(),
             ))),
+            max_future_days: args.policy.max_future_days,
             ..DispatchOptions::default()
         },
     );
@@ -333,7 +350,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             dispatcher.run_events(events, shutdown.clone()).await;
         }
     };
-    let (report, ()) = tokio::join!(consumer.run(shutdown.clone()), dispatch);
+    let (report, (), ()) = tokio::join!(consumer.run(shutdown.clone()), dispatch, async {
+        if release_holds {
+            releaser.run(shutdown.clone()).await;
+        }
+    });
     health_stop.cancel();
     match health.await {
         Ok(Err(e)) => tracing::warn!(

@@ -121,6 +121,7 @@ mod tests {
                 external_id: ExternalId::parse("E1").unwrap(),
                 user_id: None,
                 termination_date: TerminationDate::parse("2026-03-02").unwrap(),
+                action: crate::domain::RecordAction::Terminate,
             },
             ManifestOrigin {
                 bucket: "hr".into(),

@@ -53,6 +53,9 @@ pub mod attr {
     pub const SIGNATURE_KEY_ID: &str = "deprovision.signature-key-id";
     /// Lowercase hex HMAC-SHA256 of the exact body bytes under that key.
     pub const SIGNATURE: &str = "deprovision.signature";
+    /// Set by the hold releaser on a future-dated termination it re-sends when
+    /// due (the instant, RFC 3339).
+    pub const RELEASED: &str = "deprovision.released";
 }
 
 /// One received message.

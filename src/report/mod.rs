@@ -1,21 +1,24 @@
 //! The compliance reports read from the audit store: the weekly summary with its
 //! SLA figures ([`weekly`]) and the per-termination evidence export
-//! ([`evidence`]), and their renderings (table, CSV, JSON, SVG chart). Read-only:
+//! ([`evidence`]), the list of held future-dated terminations ([`pending`]), and
+//! their renderings (table, CSV, JSON, SVG chart). Read-only:
 //! this module never writes to the audit store and knows nothing about SCIM or
 //! queues.
 //!
 //! Both reports count terminations, not attempts. A termination is every
-//! termination row (not `manifest`/`replay`/`approve`/`reject`) sharing an
+//! termination row (not `manifest`/`replay`/`approve`/`reject`/`rehire`) sharing an
 //! idempotency key, or, for rows without one, an externalId. Its outcome is the
 //! latest terminal outcome recorded for it, else its latest outcome.
 
 mod chart;
 mod evidence;
+mod pending;
 mod render;
 mod weekly;
 
 pub use chart::{chart_svg, write_chart};
 pub use evidence::{EvidenceRow, evidence};
+pub use pending::{PendingReport, PendingRow, pending};
 pub use render::{evidence_csv, evidence_json};
 pub use weekly::{WeekRow, WeeklyReport, weekly};
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::{EvidenceRow, ReportError, WeekRow, WeeklyReport};
 
-const WEEK_HEADERS: [&str; 17] = [
+const WEEK_HEADERS: [&str; 18] = [
     "week",
     "week_start",
     "total",
@@ -19,6 +19,7 @@ const WEEK_HEADERS: [&str; 17] = [
     "scheduled_held",
     "retrying",
     "dry_run",
+    "rescinded",
     "sla_measured",
     "sla_median_hours",
     "sla_p95_hours",
@@ -44,6 +45,7 @@ fn week_cells(w: &WeekRow) -> Vec<String> {
         w.scheduled_held.to_string(),
         w.retrying.to_string(),
         w.dry_run.to_string(),
+        w.rescinded.to_string(),
         w.sla_measured.to_string(),
         hours(w.sla_median_hours),
         hours(w.sla_p95_hours),

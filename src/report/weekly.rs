@@ -42,6 +42,9 @@ pub struct WeekRow {
     pub retrying: u64,
     /// Dry runs only.
     pub dry_run: u64,
+    /// Withdrawn before being carried out (a rehire cancelled the hold, or
+    /// `replay-dlq` found it superseded).
+    pub rescinded: u64,
     /// Successful terminations with a known effective time (the SLA sample).
     pub sla_measured: u64,
     /// Median hours from effective time to confirmed deactivation (2 decimals).
@@ -155,6 +158,7 @@ fn week_row(monday: NaiveDate, b: &BucketCounts) -> WeekRow {
         scheduled,
         held,
         dry_run,
+        rescinded,
     ] = b.by_outcome;
     let total = b.by_outcome.iter().sum();
     WeekRow {
@@ -171,6 +175,7 @@ fn week_row(monday: NaiveDate, b: &BucketCounts) -> WeekRow {
         scheduled_held: scheduled + held,
         retrying,
         dry_run,
+        rescinded,
         sla_measured: b.sla_measured,
         sla_median_hours: b.sla_median_hours.map(round2),
         sla_p95_hours: b.sla_p95_hours.map(round2),

@@ -50,6 +50,7 @@ fn message(external_id: &str, date: &str, index: u64) -> String {
             external_id: ExternalId::parse(external_id).expect("id"),
             user_id: None,
             termination_date: TerminationDate::parse(date).expect("date"),
+            action: deprovision::domain::RecordAction::Terminate,
         },
         ManifestOrigin {
             bucket: "hr".into(),

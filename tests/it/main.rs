@@ -6,6 +6,7 @@ mod audit;
 mod claims;
 mod dry_run;
 mod engine;
+mod holds;
 mod manifest;
 mod pipeline;
 mod rails;

@@ -146,10 +146,12 @@ async fn a_manifest_broken_as_a_whole_enqueues_nothing_and_is_audited() {
 async fn run_sandbox_reads_an_s3_manifest() {
     let aws = aws().await;
     let bucket = bucket(&aws).await;
+    // S3 is future-dated, within MAX_FUTURE_DAYS (90 by default).
+    let soon = (chrono::Utc::now() + chrono::Duration::days(30)).date_naive();
     aws.put(
         &bucket,
         "hr/today.ndjson",
-        "{\"externalId\":\"S1\",\"terminationDate\":\"2026-01-02\"}\n{\"externalId\":\"S2\",\"terminationDate\":\"2026-01-02\"}\n{\"externalId\":\"S2\",\"terminationDate\":\"2026-01-02\"}\n{\"externalId\":\"S3\",\"terminationDate\":\"2999-01-02\"}\n",
+        format!("{{\"externalId\":\"S1\",\"terminationDate\":\"2026-01-02\"}}\n{{\"externalId\":\"S2\",\"terminationDate\":\"2026-01-02\"}}\n{{\"externalId\":\"S2\",\"terminationDate\":\"2026-01-02\"}}\n{{\"externalId\":\"S3\",\"terminationDate\":\"{soon}\"}}\n"),
     )
     .await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -175,6 +177,11 @@ async fn run_sandbox_reads_an_s3_manifest() {
         summary["tally"]["outcomes"],
         serde_json::json!([["deactivated", 2]])
     );
-    // The future-dated one is explained as scheduled, not attempted.
+    // The future-dated one is held as scheduled, not attempted.
     assert_eq!(summary["tally"]["not_due"], 1);
+    assert_eq!(
+        summary["next_due"],
+        format!("{soon}T00:00:00Z"),
+        "{summary}"
+    );
 }

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageAttributeValue;
-use deprovision::audit::{HoldState, ManifestOrigin};
+use deprovision::audit::{ManifestHoldState, ManifestOrigin};
 use deprovision::domain::{EffectiveAt, ExternalId, Outcome, TerminationDate, TerminationRecord};
 use deprovision::queue::{TerminationMessage, attr};
 use deprovision::signing::Keyring;
@@ -118,7 +118,7 @@ async fn an_over_limit_manifest_is_held_until_approved() {
     )
     .await;
     let held = db.store.held_manifest(&id).await.unwrap().unwrap();
-    assert_eq!(held.state, HoldState::Held);
+    assert_eq!(held.state, ManifestHoldState::Held);
     assert_eq!(held.terminations, 600);
     assert_eq!(held.sha256, hex::encode(Sha256::digest(body.as_bytes())));
     assert!(
@@ -155,7 +155,7 @@ async fn an_over_limit_manifest_is_held_until_approved() {
         assert!(!u.active, "{} still active", r.external_id);
     }
     let held = db.store.held_manifest(&id).await.unwrap().unwrap();
-    assert_eq!(held.state, HoldState::Approved);
+    assert_eq!(held.state, ManifestHoldState::Approved);
     assert_eq!(held.decided_by.as_deref(), Some("alice"));
     let audit = rows(&db).await;
     assert!(
@@ -205,7 +205,7 @@ async fn a_rejected_manifest_is_discarded_for_good() {
     let (status, out, err) = run_full(&["reject", &id, "--by", "carol"], &env).await;
     assert!(status.success(), "{out}\n{err}");
     let held = db.store.held_manifest(&id).await.unwrap().unwrap();
-    assert_eq!(held.state, HoldState::Rejected);
+    assert_eq!(held.state, ManifestHoldState::Rejected);
     assert_eq!(held.decided_by.as_deref(), Some("carol"));
     assert!(
         rows(&db)
@@ -344,7 +344,7 @@ async fn run_refuses_an_over_limit_manifest_without_approve() {
         .await
         .unwrap()
         .expect("held earlier");
-    assert_eq!(held.state, HoldState::Approved);
+    assert_eq!(held.state, ManifestHoldState::Approved);
     assert_eq!(held.decided_by.as_deref(), Some("dave"));
 }
 
@@ -467,6 +467,7 @@ fn message_dated(external_id: &str, date: &str) -> String {
             external_id: ExternalId::parse(external_id).expect("id"),
             user_id: None,
             termination_date: TerminationDate::parse(date).expect("date"),
+            action: deprovision::domain::RecordAction::Terminate,
         },
         ManifestOrigin {
             bucket: "forged".into(),
@@ -670,7 +671,7 @@ fn draft(id_seed: &str) -> deprovision::audit::HeldManifest {
         terminations: 600,
         active_users: Some(1000),
         reason: "600 terminations exceed MAX_TERMINATIONS_PER_MANIFEST=500".into(),
-        state: HoldState::Held,
+        state: ManifestHoldState::Held,
         held_at: chrono::Utc::now(),
         decided_by: None,
         decided_at: None,
@@ -707,7 +708,7 @@ async fn holds_are_inserted_once_and_decided_once_on_both_backends() {
             .await
             .expect(name)
             .expect(name);
-        assert_eq!(back.state, HoldState::Held);
+        assert_eq!(back.state, ManifestHoldState::Held);
         assert_eq!(
             (back.terminations, back.active_users, back.etag.as_deref()),
             (600, Some(1000), Some("abc")),
@@ -721,13 +722,13 @@ async fn holds_are_inserted_once_and_decided_once_on_both_backends() {
         let at = chrono::Utc::now();
         assert!(
             store
-                .decide_held_manifest(&h.manifest_id, HoldState::Rejected, "carol", at)
+                .decide_held_manifest(&h.manifest_id, ManifestHoldState::Rejected, "carol", at)
                 .await
                 .expect(name)
         );
         assert!(
             !store
-                .decide_held_manifest(&h.manifest_id, HoldState::Approved, "mallory", at)
+                .decide_held_manifest(&h.manifest_id, ManifestHoldState::Approved, "mallory", at)
                 .await
                 .expect(name),
             "{name}: decided twice"
@@ -739,7 +740,7 @@ async fn holds_are_inserted_once_and_decided_once_on_both_backends() {
             .expect(name);
         assert_eq!(
             (back.state, back.decided_by.as_deref()),
-            (HoldState::Rejected, Some("carol")),
+            (ManifestHoldState::Rejected, Some("carol")),
             "{name}"
         );
         assert!(
@@ -789,6 +790,6 @@ async fn approve_refuses_a_manifest_changed_since_it_was_held() {
     assert!(err.contains("was overwritten since it was read"), "{err}");
     assert_eq!(aws.depth(&queues.terminations).await, 0, "nothing enqueued");
     let held = db.store.held_manifest(&id).await.unwrap().unwrap();
-    assert_eq!(held.state, HoldState::Held);
+    assert_eq!(held.state, ManifestHoldState::Held);
     assert!(!rows(&db).await.iter().any(|r| r.0 == "approve"));
 }

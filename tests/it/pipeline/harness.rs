@@ -247,6 +247,7 @@ pub fn records(prefix: &str, n: usize) -> Vec<TerminationRecord> {
             user_id: None,
             termination_date: deprovision::domain::TerminationDate::parse("2026-01-05")
                 .expect("date"),
+            action: deprovision::domain::RecordAction::Terminate,
         })
         .collect()
 }
@@ -399,6 +400,7 @@ pub fn key_of(external_id: &str) -> String {
         external_id: ExternalId::parse(external_id).expect("id"),
         user_id: None::<ScimUserId>,
         termination_date: deprovision::domain::TerminationDate::parse("2026-01-05").expect("date"),
+        action: deprovision::domain::RecordAction::Terminate,
     }
     .idempotency_key()
     .as_str()
