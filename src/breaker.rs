@@ -23,7 +23,9 @@ use std::ops::ControlFlow;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
-use crate::audit::{AuditEntry, AuditError, AuditStore, HeldManifest, ManifestHoldState, ManifestOrigin};
+use crate::audit::{
+    AuditEntry, AuditError, AuditStore, HeldManifest, ManifestHoldState, ManifestOrigin,
+};
 use crate::consume::AuditSink;
 use crate::dispatch::{
     Approved, DispatchError, DispatchReport, Dispatcher, ManifestSource, ObjectRef,

@@ -716,9 +716,8 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                                     too_far_entry(&message, &position, &reason, attempt);
                                 if dry_run {
                                     entry.outcome = Outcome::DryRun;
-                                    entry.error_message = Some(format!(
-                                        "dry run: would reject {position}: {reason}"
-                                    ));
+                                    entry.error_message =
+                                        Some(format!("dry run: would reject {position}: {reason}"));
                                 }
                                 entry
                             })

@@ -7,8 +7,10 @@
 //! after its send succeeded. Each release is audited (`scheduled` row saying it
 //! was released).
 //!
-//! It sends the held body and attributes unchanged (a signed message stays
-//! verifiable) plus [`attr::RELEASED`]. It never deletes or dead-letters a
+//! It sends the held body unchanged, with the held attributes (trace context)
+//! plus [`attr::RELEASED`], signed afresh with the current signing key: the
+//! consumer verified the message before it placed the hold, and a hold may
+//! outlive the key that signed it (rotation; `run`'s per-process key). It never deletes or dead-letters a
 //! message, never talks SCIM, and never decides whether a person is terminated:
 //! the consumer re-checks everything when the message arrives.
 
@@ -32,6 +34,9 @@ pub struct ReleaserOptions {
     pub batch: u32,
     /// "Now", for the due check.
     pub clock: Clock,
+    /// How released messages are signed (`MESSAGE_SIGNING_KEYS`; the same set-up
+    /// as the dispatcher's).
+    pub signing: crate::signing::MessageAuth,
 }
 
 impl Default for ReleaserOptions {
@@ -40,6 +45,7 @@ impl Default for ReleaserOptions {
             interval: Duration::from_secs(30),
             batch: MAX_BATCH as u32,
             clock: Clock::system(),
+            signing: crate::signing::MessageAuth::Off,
         }
     }
 }
@@ -86,12 +92,13 @@ impl<Q: Queue> Releaser<Q> {
         loop {
             let now = self.options.clock.now();
             let queue = &self.queue;
+            let signing = &self.options.signing;
             let batch = self
                 .store
                 .release_due(
                     now,
                     self.options.batch.clamp(1, MAX_BATCH as u32),
-                    |holds| send(queue, holds, now),
+                    |holds| send(queue, signing, holds, now),
                 )
                 .await?;
             let progressed = !batch.released.is_empty();
@@ -142,11 +149,19 @@ impl<Q: Queue> Releaser<Q> {
 }
 
 /// Sends the claimed holds in one batch; one `bool` per hold (sent or not).
-async fn send<Q: Queue>(queue: &Q, holds: Vec<Hold>, now: DateTime<Utc>) -> Vec<bool> {
+async fn send<Q: Queue>(
+    queue: &Q,
+    signing: &crate::signing::MessageAuth,
+    holds: Vec<Hold>,
+    now: DateTime<Utc>,
+) -> Vec<bool> {
     let messages: Vec<OutgoingMessage> = holds
         .iter()
         .map(|h| {
             let mut attributes = h.attributes.clone();
+            attributes.remove(attr::SIGNATURE_KEY_ID);
+            attributes.remove(attr::SIGNATURE);
+            attributes.extend(signing.sign(&h.body));
             attributes.insert(attr::RELEASED.to_owned(), now.to_rfc3339());
             OutgoingMessage {
                 body: h.body.clone(),

@@ -113,7 +113,8 @@ macro_rules! decode_row {
             .map_err(|e| corrupt("active_users", e.to_string()));
         (|| -> Result<HeldManifest, AuditError> {
             let state_raw = text("state")?;
-            let state = ManifestHoldState::parse(&state_raw).ok_or_else(|| corrupt("state", state_raw))?;
+            let state =
+                ManifestHoldState::parse(&state_raw).ok_or_else(|| corrupt("state", state_raw))?;
             Ok(HeldManifest {
                 manifest_id: text("manifest_id")?,
                 bucket: text("bucket")?,

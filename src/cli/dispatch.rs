@@ -56,12 +56,14 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
             "dispatch takes s3://bucket/key; for a local file use `deprovision run FILE` (or `dispatch --dry-run FILE` to validate it)"
         ),
     }
-    let signing = args.signing.auth(false)?;
-    let limits = args.breaker.limits()?;
     let aws = load_aws_config().await;
+    // A plan signs nothing and holds nothing: it needs neither keys nor the
+    // breaker's active-user count.
     if args.dry_run {
         return plan(args, &source, &aws).await;
     }
+    let signing = args.signing.auth(false)?;
+    let limits = args.breaker.limits()?;
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let url = args
         .aws
@@ -120,6 +122,7 @@ async fn plan(
             hr_timezone: args.policy.hr_timezone,
             effective_at: args.policy.termination_effective_at,
             dry_run: true,
+            max_future_days: args.policy.max_future_days,
             ..DispatchOptions::default()
         },
     );

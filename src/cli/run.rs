@@ -271,7 +271,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             max_future_days: args.policy.max_future_days,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
-            signing,
+            signing: signing.clone(),
             ..ConsumerOptions::default()
         },
     );
@@ -307,7 +307,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         0
     } else {
-        let releaser = Releaser::new((*audit).clone(), queue.clone(), ReleaserOptions::default());
+        let releaser = Releaser::new(
+            (*audit).clone(),
+            queue.clone(),
+            ReleaserOptions {
+                signing: signing.clone(),
+                ..ReleaserOptions::default()
+            },
+        );
         let round = releaser
             .release_due()
             .await

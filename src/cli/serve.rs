@@ -324,6 +324,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         terminations.clone(),
         ReleaserOptions {
             interval: args.holds.interval(),
+            signing: signing.clone(),
             ..ReleaserOptions::default()
         },
     );

@@ -288,14 +288,14 @@ impl TokenProvider {
             return Err(Attempt::Transient(format!(
                 "HTTP {}: {}",
                 status.as_u16(),
-                oauth_error(&body)
+                oauth_error(&body, &inner.client)
             )));
         }
         if !status.is_success() {
             return Err(Attempt::Permanent(AuthError::Rejected {
                 client_id: inner.client.id.clone(),
                 status: status.as_u16(),
-                error: oauth_error(&body),
+                error: oauth_error(&body, &inner.client),
             }));
         }
         let bad = |reason: &str| {
@@ -341,22 +341,38 @@ fn fresh_until(now: Instant, lifetime: Duration) -> Instant {
     now + lifetime.saturating_sub(margin)
 }
 
-fn oauth_error(body: &[u8]) -> String {
-    if let Ok(e) = serde_json::from_slice::<OAuthErrorBody>(body)
+fn oauth_error(body: &[u8], client: &OAuthClient) -> String {
+    let detail = if let Ok(e) = serde_json::from_slice::<OAuthErrorBody>(body)
         && let Some(error) = e.error
     {
-        return match e.error_description {
+        match e.error_description {
             Some(d) => format!("{error}: {d}"),
             None => error,
-        };
-    }
-    let text = String::from_utf8_lossy(body);
-    let text: String = text.trim().chars().take(200).collect();
-    if text.is_empty() {
-        "no detail".into()
+        }
     } else {
-        text
+        let text = String::from_utf8_lossy(body);
+        let text: String = text.trim().chars().take(200).collect();
+        if text.is_empty() {
+            "no detail".into()
+        } else {
+            text
+        }
+    };
+    redact_credentials(&detail, client)
+}
+
+/// A token endpoint (or a proxy in front of it) may echo the request back in
+/// its error body; the secret, raw or in its Basic-auth form, must not reach an
+/// error message or a log from there.
+fn redact_credentials(text: &str, client: &OAuthClient) -> String {
+    use base64::Engine as _;
+    let secret = client.secret.expose_secret();
+    if secret.is_empty() {
+        return text.to_owned();
     }
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:{secret}", client.id));
+    text.replace(&basic, "[redacted]")
+        .replace(secret, "[redacted]")
 }
 
 /// A reqwest error described without its URL's query (reqwest's own `Display`
@@ -476,6 +492,27 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         Url::parse(&format!("http://{addr}/")).unwrap()
+    }
+
+    #[test]
+    fn an_echoed_secret_is_redacted_from_the_error() {
+        use base64::Engine as _;
+        let client = OAuthClient {
+            id: "primary".into(),
+            secret: SecretString::from("s3cr3t-value".to_owned()),
+        };
+        let basic = base64::engine::general_purpose::STANDARD.encode("primary:s3cr3t-value");
+        let body = format!("bad request: Authorization: Basic {basic} secret=s3cr3t-value");
+        let text = oauth_error(body.as_bytes(), &client);
+        assert!(!text.contains("s3cr3t-value"), "{text}");
+        assert!(!text.contains(&basic), "{text}");
+        assert!(text.contains("[redacted]"), "{text}");
+        let json =
+            br#"{"error":"invalid_client","error_description":"client s3cr3t-value unknown"}"#;
+        assert_eq!(
+            oauth_error(json, &client),
+            "invalid_client: client [redacted] unknown"
+        );
     }
 
     fn provider(base: &Url, secret: &str) -> TokenProvider {

@@ -101,6 +101,9 @@ fn env_of(sim: &RunningSim, database_url: &str) -> Vec<(String, String)> {
         ("HR_TIMEZONE", "UTC".into()),
         ("RATE_LIMIT_PER_MINUTE", "60000".into()),
         ("RUST_LOG", "warn".into()),
+        // Each manifest here is most of the simulator's org; the breaker has its
+        // own tests (tests/it/rails.rs).
+        ("MAX_TERMINATIONS_SHARE", "1".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -13,10 +13,8 @@
 //!   second key (rotation) verifies; a dead-lettered signed message replayed by
 //!   `replay-dlq` still verifies.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::MessageAttributeValue;
 use deprovision::audit::{ManifestHoldState, ManifestOrigin};
 use deprovision::domain::{EffectiveAt, ExternalId, Outcome, TerminationDate, TerminationRecord};
 use deprovision::queue::{TerminationMessage, attr};
@@ -487,27 +485,7 @@ async fn send_signed(
     body: &str,
     attributes: &std::collections::BTreeMap<String, String>,
 ) {
-    let attrs: HashMap<String, MessageAttributeValue> = attributes
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value(v)
-                    .build()
-                    .expect("attribute"),
-            )
-        })
-        .collect();
-    aws.sqs
-        .send_message()
-        .queue_url(url)
-        .message_body(body)
-        .set_message_attributes((!attrs.is_empty()).then_some(attrs))
-        .send()
-        .await
-        .expect("send");
+    aws.send_with_attributes(url, body, attributes).await;
 }
 
 /// Messages sent straight to SQS: unsigned, altered after signing, and signed

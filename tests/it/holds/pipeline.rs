@@ -152,7 +152,7 @@ impl Instance {
 }
 
 async fn send(aws: &Aws, url: &str, m: &TerminationMessage) {
-    aws.send_raw(url, &m.encode()).await;
+    aws.send_signed(url, &m.encode()).await;
 }
 
 /// Six terminations effective 2026-03-10 arrive on 2026-03-01 (by the injected

@@ -218,6 +218,46 @@ impl Aws {
             .await
             .expect("send");
     }
+
+    /// Sends `body` with string message `attributes` (e.g. a signature).
+    pub async fn send_with_attributes(
+        &self,
+        url: &str,
+        body: &str,
+        attributes: &std::collections::BTreeMap<String, String>,
+    ) {
+        let attrs: std::collections::HashMap<String, aws_sdk_sqs::types::MessageAttributeValue> =
+            attributes
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        aws_sdk_sqs::types::MessageAttributeValue::builder()
+                            .data_type("String")
+                            .string_value(v)
+                            .build()
+                            .expect("attribute"),
+                    )
+                })
+                .collect();
+        self.sqs
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .set_message_attributes((!attrs.is_empty()).then_some(attrs))
+            .send()
+            .await
+            .expect("send");
+    }
+
+    /// Sends `body` signed with [`SIGNING_KEYS`], as the dispatcher would.
+    pub async fn send_signed(&self, url: &str, body: &str) {
+        let ring = deprovision::signing::Keyring::parse(&secrecy::SecretString::from(
+            SIGNING_KEYS.to_owned(),
+        ))
+        .expect("test signing keys");
+        self.send_with_attributes(url, body, &ring.sign(body)).await;
+    }
 }
 
 /// Polls `check` every 200 ms until it returns true; panics naming `what` after
