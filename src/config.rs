@@ -418,6 +418,18 @@ pub fn login_base_for_api(api: &Url) -> Url {
     login
 }
 
+/// `url` when it is `http` or `https`; anything else (e.g. `ftp://`) is refused
+/// at start-up naming the variable, rather than failing every request later.
+fn http_url(name: &'static str, url: &Url) -> Result<Url, ConfigError> {
+    match url.scheme() {
+        "http" | "https" => Ok(url.clone()),
+        other => Err(ConfigError::Invalid {
+            name,
+            reason: format!("{url} uses {other}://; only http:// and https:// are supported"),
+        }),
+    }
+}
+
 impl ScimArgs {
     /// Resolves which SCIM service to talk to. A static target wins when
     /// `SCIM_BASE_URL` is set. Errors name the missing or invalid variable.
@@ -427,7 +439,7 @@ impl ScimArgs {
                 name: "SCIM_BEARER_TOKEN",
                 why: "SCIM_BASE_URL is set",
             })?;
-            let mut base = base.clone();
+            let mut base = http_url("SCIM_BASE_URL", base)?;
             if !base.path().ends_with('/') {
                 let path = format!("{}/", base.path());
                 base.set_path(&path);
@@ -439,7 +451,8 @@ impl ScimArgs {
             &self.genesys_org_url,
             &self.genesys_region,
         ) {
-            (Some(url), _, _) | (None, Some(url), _) => url.clone(),
+            (Some(url), _, _) => http_url("GENESYS_API_URL", url)?,
+            (None, Some(url), _) => http_url("GENESYS_ORG_URL", url)?,
             (None, None, Some(region)) => api_base_for_region(region)?,
             (None, None, None) => {
                 return Err(ConfigError::Missing {
@@ -448,10 +461,10 @@ impl ScimArgs {
                 });
             }
         };
-        let login_base = self
-            .genesys_login_url
-            .clone()
-            .unwrap_or_else(|| login_base_for_api(&api_base));
+        let login_base = match &self.genesys_login_url {
+            Some(url) => http_url("GENESYS_LOGIN_URL", url)?,
+            None => login_base_for_api(&api_base),
+        };
         let primary = match (&self.primary_client_id, &self.primary_client_secret) {
             (Some(id), Some(secret)) => OAuthClient {
                 id: id.clone(),
@@ -525,6 +538,15 @@ mod tests {
     fn simulator_urls_keep_their_origin() {
         let api = Url::parse("http://127.0.0.1:8080").unwrap();
         assert_eq!(login_base_for_api(&api).as_str(), "http://127.0.0.1:8080/");
+    }
+
+    #[test]
+    fn a_url_that_is_not_http_is_refused_naming_its_variable() {
+        let ftp = Url::parse("ftp://api.example.com/").unwrap();
+        let e = http_url("GENESYS_API_URL", &ftp).unwrap_err().to_string();
+        assert!(e.contains("GENESYS_API_URL") && e.contains("ftp://"), "{e}");
+        let https = Url::parse("https://api.mypurecloud.com").unwrap();
+        assert_eq!(http_url("GENESYS_API_URL", &https).unwrap(), https);
     }
 
     #[test]
