@@ -18,7 +18,8 @@ use sqlx::{Row, migrate::Migrator};
 
 use super::chain::{self, ChainWalker, RowContent, StoredChainRow, VerifyReport};
 use super::{
-    AuditEntry, AuditError, BucketCounts, FirstRowLookup, Reduced, aggregate, first_row_lookup,
+    AuditEntry, AuditError, BucketCounts, FirstRowLookup, MigrateOutcome, Reduced, aggregate,
+    first_row_lookup, guards,
     outcome_code, parse_instant, redact, reduce_terminations, row_columns, terminal_outcome,
     termination_row,
 };
@@ -32,12 +33,19 @@ pub(super) struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub(super) async fn connect(url: &str) -> Result<Self, AuditError> {
+    /// `path` is the file part of `url`; `create` whether a missing file may be
+    /// created (read-only commands pass false).
+    pub(super) async fn connect(url: &str, path: &str, create: bool) -> Result<Self, AuditError> {
         let err = |source| AuditError::Connect {
             url: redact(url),
             source,
         };
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if !in_memory && !create && !std::path::Path::new(path).is_file() {
+            return Err(AuditError::NoDatabase {
+                path: path.to_owned(),
+            });
+        }
         let options = SqliteConnectOptions::from_str(url)
             .map_err(err)?
             .busy_timeout(Duration::from_secs(30));
@@ -57,7 +65,7 @@ impl SqliteStore {
                 .max_connections(4)
                 .connect_with(
                     options
-                        .create_if_missing(true)
+                        .create_if_missing(create)
                         .journal_mode(SqliteJournalMode::Wal),
                 )
                 .await
@@ -66,11 +74,47 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    pub(super) async fn migrate(&self) -> Result<(), AuditError> {
-        MIGRATOR
-            .run(&self.pool)
+    pub(super) async fn migrate(&self) -> Result<MigrateOutcome, AuditError> {
+        let migrate = |source| AuditError::Migrate { source };
+        // sqlx takes no lock on SQLite: two processes migrating a new file at once
+        // both saw no applied migration and one failed with "table already
+        // exists". The whole run under the database's write lock serialises them
+        // (each migration becomes a savepoint); the second finds them applied.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(|source| AuditError::Migrate { source })
+            .map_err(|e| migrate(e.into()))?;
+        MIGRATOR.run(&mut *tx).await.map_err(migrate)?;
+        tx.commit().await.map_err(|e| migrate(e.into()))?;
+        let guard = |source| AuditError::Guards { source };
+        let mut conn = self.pool.acquire().await.map_err(guard)?;
+        let restored = guards::sqlite_restore(&mut conn).await.map_err(guard)?;
+        Ok(MigrateOutcome {
+            restored,
+            summary_rebuilt: None,
+        })
+    }
+
+    pub(super) async fn guard_problems(&self) -> Result<guards::GuardProblems, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        guards::sqlite_check(&mut conn).await
+    }
+
+    pub(super) async fn head(&self) -> Result<Option<(i64, String, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, row_hash, (SELECT count(*) FROM scim_audit_log) \
+             FROM scim_audit_log ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    pub(super) async fn row_id_for_hash(&self, hash: &str) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT id FROM scim_audit_log WHERE row_hash = ?1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
     }
 
     pub(super) async fn close(&self) {

@@ -394,10 +394,13 @@ async fn weekly_command_writes_json_csv_and_chart_files() {
     assert!(status.status.success(), "{status:?}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let weeks = json.as_array().expect("an array of weeks");
-    assert_eq!(weeks.len(), 2);
+    let items = json.as_array().expect("an array of weeks and the footer");
+    assert_eq!(items.len(), 3, "two weeks, then the footer");
     for field in ["week", "total", "successful", "failed"] {
-        assert!(weeks[0].get(field).is_some(), "{field}");
+        assert!(items[0].get(field).is_some(), "{field}");
     }
+    let head = db.store.head().await.unwrap().expect("rows were seeded");
+    assert_eq!(items[2]["chain_head"]["row_hash"], head.row_hash.as_str());
+    assert_eq!(items[2]["chain_head"]["rows"], head.rows);
     assert!(std::fs::read_to_string(&chart).unwrap().contains("<svg"));
 }
