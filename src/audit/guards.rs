@@ -403,9 +403,11 @@ async fn sqlite_restore_locked(conn: &mut SqliteConnection) -> Result<Vec<String
     let found = sqlite_check(&mut *conn).await?;
     for (name, create) in SQLITE_TRIGGERS {
         if found.problems.iter().any(|p| p.starts_with(name)) {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TRIGGER IF EXISTS {name}")))
-                .execute(&mut *conn)
-                .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP TRIGGER IF EXISTS {name}"
+            )))
+            .execute(&mut *conn)
+            .await?;
             sqlx::raw_sql(create).execute(&mut *conn).await?;
         }
     }
@@ -441,7 +443,10 @@ mod tests {
             );
         }
         for (_, create) in SQLITE_TRIGGERS {
-            assert!(normalize(SQLITE_0001).contains(&normalize(create)), "{create}");
+            assert!(
+                normalize(SQLITE_0001).contains(&normalize(create)),
+                "{create}"
+            );
         }
     }
 

@@ -15,8 +15,8 @@ use sqlx::{Row, migrate::Migrator};
 
 use super::chain::{self, ChainWalker, RowContent, StoredChainRow, VerifyReport};
 use super::{
-    AuditEntry, AuditError, BucketCounts, FirstRowLookup, MigrateOutcome, first_row_lookup,
-    guards, outcome_code, redact, row_columns, terminal_outcome, termination_row,
+    AuditEntry, AuditError, BucketCounts, FirstRowLookup, MigrateOutcome, first_row_lookup, guards,
+    outcome_code, redact, row_columns, terminal_outcome, termination_row,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
@@ -123,7 +123,10 @@ impl PgStore {
         Ok(Self { pool })
     }
 
-    pub(super) async fn migrate(&self, rebuild_summary: bool) -> Result<MigrateOutcome, AuditError> {
+    pub(super) async fn migrate(
+        &self,
+        rebuild_summary: bool,
+    ) -> Result<MigrateOutcome, AuditError> {
         MIGRATOR
             .run(&self.pool)
             .await
@@ -329,7 +332,11 @@ impl PgStore {
             };
             let codes: Option<Vec<i16>> = row.try_get(1).map_err(read)?;
             let counts: Option<Vec<i64>> = row.try_get(2).map_err(read)?;
-            for (code, n) in codes.unwrap_or_default().into_iter().zip(counts.unwrap_or_default()) {
+            for (code, n) in codes
+                .unwrap_or_default()
+                .into_iter()
+                .zip(counts.unwrap_or_default())
+            {
                 if let Some(slot) = usize::try_from(code)
                     .ok()
                     .and_then(|i| bucket.by_outcome.get_mut(i))

@@ -19,9 +19,8 @@ use sqlx::{Row, migrate::Migrator};
 use super::chain::{self, ChainWalker, RowContent, StoredChainRow, VerifyReport};
 use super::{
     AuditEntry, AuditError, BucketCounts, FirstRowLookup, MigrateOutcome, Reduced, aggregate,
-    first_row_lookup, guards,
-    outcome_code, parse_instant, redact, reduce_terminations, row_columns, terminal_outcome,
-    termination_row,
+    first_row_lookup, guards, outcome_code, parse_instant, redact, reduce_terminations,
+    row_columns, terminal_outcome, termination_row,
 };
 use crate::domain::Outcome;
 

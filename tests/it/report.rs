@@ -334,7 +334,11 @@ async fn report_as_of_counts_only_rows_created_by_then(db: TestDb) {
     assert_eq!(w11.sla_median_hours, Some(4.0), "H alone: 05:00 to 09:00");
     let now = report::weekly(&db.store, 3, ny(), now()).await.unwrap();
     assert_eq!((now.weeks[2].successful, now.weeks[2].retrying), (2, 0));
-    assert_eq!(earlier.weeks[..2], now.weeks[..2], "earlier weeks are settled");
+    assert_eq!(
+        earlier.weeks[..2],
+        now.weeks[..2],
+        "earlier weeks are settled"
+    );
 }
 
 macro_rules! on_both {

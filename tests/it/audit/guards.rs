@@ -71,8 +71,14 @@ async fn expect_head_fails_once_the_tail_is_deleted(db: TestDb) {
     let head = db.store.head().await.unwrap().expect("five rows");
     assert_eq!((head.id, head.rows), (5, 5));
     let stdout = text(&ok.stdout);
-    assert!(stdout.contains(&head.row_hash), "verify prints the head: {stdout}");
-    let recorded = run(&db.url, &["audit", "verify", "--expect-head", &head.row_hash]);
+    assert!(
+        stdout.contains(&head.row_hash),
+        "verify prints the head: {stdout}"
+    );
+    let recorded = run(
+        &db.url,
+        &["audit", "verify", "--expect-head", &head.row_hash],
+    );
     assert!(recorded.status.success(), "{recorded:?}");
     assert!(text(&recorded.stdout).contains("found at row 5"));
 
@@ -96,7 +102,10 @@ async fn expect_head_fails_once_the_tail_is_deleted(db: TestDb) {
         plain.status.success(),
         "without a recorded head the shortened chain looks intact: {plain:?}"
     );
-    let caught = run(&db.url, &["audit", "verify", "--expect-head", &head.row_hash]);
+    let caught = run(
+        &db.url,
+        &["audit", "verify", "--expect-head", &head.row_hash],
+    );
     assert_eq!(caught.status.code(), Some(3), "{caught:?}");
     let stderr = text(&caught.stderr);
     assert!(
@@ -129,7 +138,10 @@ async fn a_dropped_trigger_fails_verify_and_migrate_restores_it(db: TestDb) {
     let report = db.store.verify().await.unwrap();
     assert!(report.is_intact(), "no row was touched");
     assert!(!report.passes());
-    assert_eq!(report.guards_missing, ["scim_audit_log_no_delete (missing)"]);
+    assert_eq!(
+        report.guards_missing,
+        ["scim_audit_log_no_delete (missing)"]
+    );
     let failed = run(&db.url, &["audit", "verify"]);
     assert_eq!(failed.status.code(), Some(3), "{failed:?}");
     assert!(

@@ -61,7 +61,10 @@ async fn a_refused_audit_write_keeps_the_message_until_the_store_accepts_it() {
     let (config, seed) = sim_config(&recs);
     let victim_id = user_id_of(&seed, VICTIM);
     let sim = start_sim(config).await;
-    db.raw.exec(REFUSE).await.expect("install the refusing trigger");
+    db.raw
+        .exec(REFUSE)
+        .await
+        .expect("install the refusing trigger");
 
     let env = env_for(&sim, &db.url, &queues);
     let service = Service::start(&env);
@@ -107,8 +110,7 @@ async fn a_refused_audit_write_keeps_the_message_until_the_store_accepts_it() {
         .expect("drop the refusing trigger");
     let service = Service::start(&env);
     eventually("the victim audited and the queue empty", LIMIT, || async {
-        terminal_by_key(&db.store).await.len() == 4
-            && aws.depth(&queues.terminations).await == 0
+        terminal_by_key(&db.store).await.len() == 4 && aws.depth(&queues.terminations).await == 0
     })
     .await;
     assert!(service.terminate().await.success());
