@@ -256,22 +256,69 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(a + (b - a) * (rank - lo as f64))
 }
 
-/// One termination, reduced: what the Rust aggregation (SQLite) needs.
+/// Per-bucket counts and SLA samples, filled one termination at a time and
+/// finished into [`BucketCounts`] (SQLite's report; PostgreSQL aggregates in SQL
+/// with the same arithmetic).
+pub(crate) struct Accumulator {
+    buckets: Vec<BucketCounts>,
+    hours: Vec<Vec<f64>>,
+}
+
+impl Accumulator {
+    /// `n` empty buckets.
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            buckets: vec![BucketCounts::default(); n],
+            hours: vec![Vec::new(); n],
+        }
+    }
+
+    /// Counts one termination in bucket `bucket` under the outcome with index
+    /// `code` in [`Outcome::ALL`], with its SLA hours when it is in the sample.
+    /// Out-of-range buckets and codes are ignored.
+    pub(crate) fn add(&mut self, bucket: usize, code: usize, hours: Option<f64>) {
+        let (Some(b), Some(sample)) = (self.buckets.get_mut(bucket), self.hours.get_mut(bucket))
+        else {
+            return;
+        };
+        if let Some(slot) = b.by_outcome.get_mut(code) {
+            *slot += 1;
+        }
+        if let Some(h) = hours {
+            sample.push(h);
+        }
+    }
+
+    /// The buckets with their SLA figures (`percentile_cont` arithmetic).
+    pub(crate) fn finish(self) -> Vec<BucketCounts> {
+        let mut buckets = self.buckets;
+        for (bucket, mut sample) in buckets.iter_mut().zip(self.hours) {
+            sample.sort_by(f64::total_cmp);
+            bucket.sla_measured = sample.len() as u64;
+            bucket.sla_over_24h = sample.iter().filter(|h| **h > SLA_HOURS).count() as u64;
+            bucket.sla_median_hours = percentile(&sample, 0.5);
+            bucket.sla_p95_hours = percentile(&sample, 0.95);
+        }
+        buckets
+    }
+}
+
+/// One termination, reduced (the unit tests' input form).
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Reduced {
-    pub(crate) first_seen_at: DateTime<Utc>,
-    pub(crate) outcome: Outcome,
-    pub(crate) decided_at: DateTime<Utc>,
-    pub(crate) effective_at: Option<DateTime<Utc>>,
+struct Reduced {
+    first_seen_at: DateTime<Utc>,
+    outcome: Outcome,
+    decided_at: DateTime<Utc>,
+    effective_at: Option<DateTime<Utc>>,
 }
 
 /// Buckets reduced terminations by `bounds` (ascending; bucket `i` is
-/// `bounds[i]..bounds[i + 1]`) and computes the SLA figures; the same arithmetic as
-/// the PostgreSQL query (hours from whole milliseconds).
-pub(crate) fn aggregate(terminations: &[Reduced], bounds: &[DateTime<Utc>]) -> Vec<BucketCounts> {
-    let n = bounds.len().saturating_sub(1);
-    let mut buckets = vec![BucketCounts::default(); n];
-    let mut hours: Vec<Vec<f64>> = vec![Vec::new(); n];
+/// `bounds[i]..bounds[i + 1]`) through [`Accumulator`], hours from whole
+/// milliseconds as both backends compute them.
+#[cfg(test)]
+fn aggregate(terminations: &[Reduced], bounds: &[DateTime<Utc>]) -> Vec<BucketCounts> {
+    let mut acc = Accumulator::new(bounds.len().saturating_sub(1));
     for t in terminations {
         let Some(i) = bounds
             .partition_point(|b| *b <= t.first_seen_at)
@@ -279,31 +326,18 @@ pub(crate) fn aggregate(terminations: &[Reduced], bounds: &[DateTime<Utc>]) -> V
         else {
             continue;
         };
-        let (Some(bucket), Some(sample)) = (buckets.get_mut(i), hours.get_mut(i)) else {
-            continue;
-        };
-        if let Some(slot) = Outcome::ALL
+        let code = Outcome::ALL
             .iter()
             .position(|o| *o == t.outcome)
-            .and_then(|p| bucket.by_outcome.get_mut(p))
-        {
-            *slot += 1;
-        }
-        if t.outcome.is_success()
-            && let Some(effective) = t.effective_at
-        {
-            #[allow(clippy::cast_precision_loss)]
-            sample.push((t.decided_at - effective).num_milliseconds() as f64 / 3_600_000.0);
-        }
+            .unwrap_or(usize::MAX);
+        #[allow(clippy::cast_precision_loss)]
+        let hours = t
+            .effective_at
+            .filter(|_| t.outcome.is_success())
+            .map(|eff| (t.decided_at - eff).num_milliseconds() as f64 / 3_600_000.0);
+        acc.add(i, code, hours);
     }
-    for (bucket, mut sample) in buckets.iter_mut().zip(hours) {
-        sample.sort_by(f64::total_cmp);
-        bucket.sla_measured = sample.len() as u64;
-        bucket.sla_over_24h = sample.iter().filter(|h| **h > SLA_HOURS).count() as u64;
-        bucket.sla_median_hours = percentile(&sample, 0.5);
-        bucket.sla_p95_hours = percentile(&sample, 0.95);
-    }
-    buckets
+    acc.finish()
 }
 
 /// How a row finds the first row of its termination, if it belongs to one.

@@ -18,9 +18,9 @@ use sqlx::{Row, migrate::Migrator};
 
 use super::chain::{self, ChainWalker, RowContent, StoredChainRow, VerifyReport};
 use super::{
-    AuditEntry, AuditError, BucketCounts, FirstRowLookup, MigrateOutcome, Reduced, aggregate,
-    first_row_lookup, guards, outcome_code, parse_instant, redact, reduce_terminations,
-    row_columns, terminal_outcome, termination_row,
+    Accumulator, AuditEntry, AuditError, BucketCounts, FirstRowLookup, MigrateOutcome,
+    first_row_lookup, guards, outcome_code, redact, reduce_terminations, row_columns,
+    terminal_outcome, termination_row,
 };
 use crate::domain::Outcome;
 
@@ -256,40 +256,46 @@ impl SqliteStore {
         let (Some(from), Some(to)) = (bounds.first(), bounds.last()) else {
             return Ok(Vec::new());
         };
-        let rows: Vec<(String, Option<String>, i64, String)> =
-            sqlx::query_as(reduce_terminations!("?1", "?2", "?3", "LIMIT -1"))
-                .bind(chain::instant_text(*from))
-                .bind(chain::instant_text(*to))
-                .bind(chain::instant_text(as_of))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|source| AuditError::Read {
-                    what: "weekly counts",
-                    source,
+        // The reduction, the outcome code and the SLA hours in SQL; the bucket in
+        // Rust by comparing instant texts (fixed width, so text order is time
+        // order): nothing is parsed per termination. Hours are whole milliseconds
+        // / 3.6e6, as on PostgreSQL (julianday keeps exact milliseconds).
+        let rows: Vec<(String, i64, Option<f64>)> = sqlx::query_as(concat!(
+            "SELECT first_at, code, CASE WHEN code <= 1 AND eff IS NOT NULL \
+               THEN round((julianday(decided_at) - julianday(eff)) * 86400000.0) / 3600000.0 \
+             END FROM (",
+            reduce_terminations!("?1", "?2", "?3", "LIMIT -1"),
+            ")"
+        ))
+        .bind(chain::instant_text(*from))
+        .bind(chain::instant_text(*to))
+        .bind(chain::instant_text(as_of))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| AuditError::Read {
+            what: "weekly counts",
+            source,
+        })?;
+        let bounds: Vec<String> = bounds.iter().map(|b| chain::instant_text(*b)).collect();
+        let mut acc = Accumulator::new(bounds.len().saturating_sub(1));
+        for (first_at, code, hours) in rows {
+            let Some(bucket) = bounds
+                .partition_point(|b| b.as_str() <= first_at.as_str())
+                .checked_sub(1)
+            else {
+                continue;
+            };
+            let code = usize::try_from(code)
+                .ok()
+                .filter(|c| *c < Outcome::ALL.len())
+                .ok_or_else(|| AuditError::Corrupt {
+                    id: 0,
+                    column: "outcome",
+                    value: format!("code {code} for a termination first seen {first_at}"),
                 })?;
-        let reduced = rows
-            .into_iter()
-            .map(|(first_at, effective_at, code, decided_at)| {
-                let outcome = usize::try_from(code)
-                    .ok()
-                    .and_then(|i| Outcome::ALL.get(i).copied())
-                    .ok_or_else(|| AuditError::Corrupt {
-                        id: 0,
-                        column: "outcome",
-                        value: format!("code {code} for a termination first seen {first_at}"),
-                    })?;
-                Ok(Reduced {
-                    first_seen_at: parse_instant(0, "termination_first_at", &first_at)?,
-                    outcome,
-                    decided_at: parse_instant(0, "created_at", &decided_at)?,
-                    effective_at: effective_at
-                        .as_deref()
-                        .map(|t| parse_instant(0, "effective_at", t))
-                        .transpose()?,
-                })
-            })
-            .collect::<Result<Vec<_>, AuditError>>()?;
-        Ok(aggregate(&reduced, bounds))
+            acc.add(bucket, code, hours);
+        }
+        Ok(acc.finish())
     }
 
     pub(super) async fn termination_rows(
