@@ -265,6 +265,16 @@ pub struct VerifyReport {
     pub broken: Vec<BrokenRow>,
     /// How many rows are broken in all (may exceed `broken.len()`).
     pub broken_total: u64,
+    /// Guards the database must have but lacks: append-only triggers (and, on
+    /// PostgreSQL, the weekly report summary's trigger, functions and table)
+    /// missing, disabled or altered, e.g. `scim_audit_log_no_delete (missing)`.
+    /// Filled by the store, not by the walk; `deprovision migrate` restores them.
+    pub guards_missing: Vec<String>,
+    /// PostgreSQL: terminations whose weekly-report summary row disagrees with
+    /// their audit rows (always 0 on SQLite, which has no summary).
+    pub summary_mismatches: u64,
+    /// The smallest termination id among those.
+    pub summary_first_mismatch: Option<i64>,
 }
 
 /// How many broken rows a [`VerifyReport`] lists by id.
@@ -274,6 +284,12 @@ impl VerifyReport {
     /// True when every row links to its predecessor and hashes to its `row_hash`.
     pub fn is_intact(&self) -> bool {
         self.broken_total == 0
+    }
+
+    /// True when the chain is intact, every guard is in place and the report
+    /// summary agrees with the log: what `audit verify` exits 0 for.
+    pub fn passes(&self) -> bool {
+        self.is_intact() && self.guards_missing.is_empty() && self.summary_mismatches == 0
     }
 
     /// The first broken row, if any.

@@ -9,6 +9,8 @@
 //! - `postgres` / `sqlite`: the two backends (SQL, locking, type mapping).
 //! - [`holds`]: the mutable `termination_holds` table of future-dated
 //!   terminations (the one table here that is updated, and only forward).
+//! - `guards`: the append-only triggers (and PostgreSQL's report summary), checked
+//!   by `verify` and re-asserted by `migrate`.
 //!
 //! Stored instants are UTC with millisecond precision on both backends: PostgreSQL
 //! `timestamptz` bound from a Rust `DateTime<Utc>` (so the session `TimeZone` of the
@@ -19,6 +21,7 @@ pub mod chain;
 mod claims;
 mod held;
 pub mod holds;
+mod guards;
 mod postgres;
 mod sqlite;
 
@@ -176,6 +179,25 @@ pub enum AuditError {
         #[source]
         source: sqlx::Error,
     },
+    /// A read-only command was pointed at a SQLite file that does not exist (a
+    /// mistyped path would otherwise create an empty database and report nothing).
+    #[error(
+        "no audit database at {path} (check DATABASE_URL; `deprovision migrate` creates a new one)"
+    )]
+    NoDatabase {
+        /// The path as given.
+        path: String,
+    },
+    /// Checking or restoring the append-only triggers (or the report summary)
+    /// failed, e.g. because the role is not the table owner.
+    #[error(
+        "cannot check or restore the audit log's append-only triggers: {source} (run `deprovision migrate` as the table owner)"
+    )]
+    Guards {
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
     /// A stored value cannot be turned back into its domain type.
     #[error("audit row {id} has an unreadable {column}: {value:?}")]
     Corrupt {
@@ -186,6 +208,29 @@ pub enum AuditError {
         /// The stored value.
         value: String,
     },
+}
+
+/// The last row of the chain. A hash chain cannot show rows removed from its end,
+/// so auditors record the head (it is printed by `audit verify` and in the weekly
+/// report's footer) and later check it with `audit verify --expect-head HASH`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainHead {
+    /// The last row's id (ids have gaps on PostgreSQL: a failed insert uses one).
+    pub id: i64,
+    /// How many rows the log holds.
+    pub rows: u64,
+    /// The last row's `row_hash` (64 hex digits).
+    pub row_hash: String,
+}
+
+/// What [`AuditStore::migrate_with`] did besides applying migrations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrateOutcome {
+    /// Guards that were missing, disabled or altered and have been restored, e.g.
+    /// `scim_audit_log_no_delete (missing)`.
+    pub restored: Vec<String>,
+    /// PostgreSQL: terminations in the report summary when it was rebuilt.
+    pub summary_rebuilt: Option<u64>,
 }
 
 /// Which database a store talks to.
@@ -252,22 +297,69 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(a + (b - a) * (rank - lo as f64))
 }
 
-/// One termination, reduced: what the Rust aggregation (SQLite) needs.
+/// Per-bucket counts and SLA samples, filled one termination at a time and
+/// finished into [`BucketCounts`] (SQLite's report; PostgreSQL aggregates in SQL
+/// with the same arithmetic).
+pub(crate) struct Accumulator {
+    buckets: Vec<BucketCounts>,
+    hours: Vec<Vec<f64>>,
+}
+
+impl Accumulator {
+    /// `n` empty buckets.
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            buckets: vec![BucketCounts::default(); n],
+            hours: vec![Vec::new(); n],
+        }
+    }
+
+    /// Counts one termination in bucket `bucket` under the outcome with index
+    /// `code` in [`Outcome::ALL`], with its SLA hours when it is in the sample.
+    /// Out-of-range buckets and codes are ignored.
+    pub(crate) fn add(&mut self, bucket: usize, code: usize, hours: Option<f64>) {
+        let (Some(b), Some(sample)) = (self.buckets.get_mut(bucket), self.hours.get_mut(bucket))
+        else {
+            return;
+        };
+        if let Some(slot) = b.by_outcome.get_mut(code) {
+            *slot += 1;
+        }
+        if let Some(h) = hours {
+            sample.push(h);
+        }
+    }
+
+    /// The buckets with their SLA figures (`percentile_cont` arithmetic).
+    pub(crate) fn finish(self) -> Vec<BucketCounts> {
+        let mut buckets = self.buckets;
+        for (bucket, mut sample) in buckets.iter_mut().zip(self.hours) {
+            sample.sort_by(f64::total_cmp);
+            bucket.sla_measured = sample.len() as u64;
+            bucket.sla_over_24h = sample.iter().filter(|h| **h > SLA_HOURS).count() as u64;
+            bucket.sla_median_hours = percentile(&sample, 0.5);
+            bucket.sla_p95_hours = percentile(&sample, 0.95);
+        }
+        buckets
+    }
+}
+
+/// One termination, reduced (the unit tests' input form).
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Reduced {
-    pub(crate) first_seen_at: DateTime<Utc>,
-    pub(crate) outcome: Outcome,
-    pub(crate) decided_at: DateTime<Utc>,
-    pub(crate) effective_at: Option<DateTime<Utc>>,
+struct Reduced {
+    first_seen_at: DateTime<Utc>,
+    outcome: Outcome,
+    decided_at: DateTime<Utc>,
+    effective_at: Option<DateTime<Utc>>,
 }
 
 /// Buckets reduced terminations by `bounds` (ascending; bucket `i` is
-/// `bounds[i]..bounds[i + 1]`) and computes the SLA figures; the same arithmetic as
-/// the PostgreSQL query (hours from whole milliseconds).
-pub(crate) fn aggregate(terminations: &[Reduced], bounds: &[DateTime<Utc>]) -> Vec<BucketCounts> {
-    let n = bounds.len().saturating_sub(1);
-    let mut buckets = vec![BucketCounts::default(); n];
-    let mut hours: Vec<Vec<f64>> = vec![Vec::new(); n];
+/// `bounds[i]..bounds[i + 1]`) through [`Accumulator`], hours from whole
+/// milliseconds as both backends compute them.
+#[cfg(test)]
+fn aggregate(terminations: &[Reduced], bounds: &[DateTime<Utc>]) -> Vec<BucketCounts> {
+    let mut acc = Accumulator::new(bounds.len().saturating_sub(1));
     for t in terminations {
         let Some(i) = bounds
             .partition_point(|b| *b <= t.first_seen_at)
@@ -275,31 +367,18 @@ pub(crate) fn aggregate(terminations: &[Reduced], bounds: &[DateTime<Utc>]) -> V
         else {
             continue;
         };
-        let (Some(bucket), Some(sample)) = (buckets.get_mut(i), hours.get_mut(i)) else {
-            continue;
-        };
-        if let Some(slot) = Outcome::ALL
+        let code = Outcome::ALL
             .iter()
             .position(|o| *o == t.outcome)
-            .and_then(|p| bucket.by_outcome.get_mut(p))
-        {
-            *slot += 1;
-        }
-        if t.outcome.is_success()
-            && let Some(effective) = t.effective_at
-        {
-            #[allow(clippy::cast_precision_loss)]
-            sample.push((t.decided_at - effective).num_milliseconds() as f64 / 3_600_000.0);
-        }
+            .unwrap_or(usize::MAX);
+        #[allow(clippy::cast_precision_loss)]
+        let hours = t
+            .effective_at
+            .filter(|_| t.outcome.is_success())
+            .map(|eff| (t.decided_at - eff).num_milliseconds() as f64 / 3_600_000.0);
+        acc.add(i, code, hours);
     }
-    for (bucket, mut sample) in buckets.iter_mut().zip(hours) {
-        sample.sort_by(f64::total_cmp);
-        bucket.sla_measured = sample.len() as u64;
-        bucket.sla_over_24h = sample.iter().filter(|h| **h > SLA_HOURS).count() as u64;
-        bucket.sla_median_hours = percentile(&sample, 0.5);
-        bucket.sla_p95_hours = percentile(&sample, 0.95);
-    }
-    buckets
+    acc.finish()
 }
 
 /// How a row finds the first row of its termination, if it belongs to one.
@@ -366,10 +445,12 @@ macro_rules! outcome_code {
 /// decided. `$from`/`$to` bound `termination_first_at`, `$as_of` is the as-of
 /// instant (placeholders per backend). Only termination rows have
 /// `termination_first_at`. The inner query computes each row's code once, in the
-/// covering index's order, behind an optimisation fence (`$fence`: PostgreSQL
-/// `OFFSET 0`, SQLite `LIMIT -1`) so that it is neither inlined (which evaluates
-/// the CASE twice) nor hashed: PostgreSQL then aggregates the sorted stream,
-/// which measured 2.0 s of CPU instead of 3.7 s for 1,000,000 rows.
+/// covering index's order, behind an optimisation fence (`$fence`: SQLite
+/// `LIMIT -1`, PostgreSQL `OFFSET 0`) so that it is neither inlined (which
+/// evaluates the CASE twice) nor hashed. SQLite's report uses it; PostgreSQL
+/// reads the same reduction from its trigger-maintained summary table
+/// (migrations/postgres/0005), which this query took 2.0 s of server CPU to
+/// compute for 1,000,000 rows.
 macro_rules! reduce_terminations {
     ($from:literal, $to:literal, $as_of:literal, $fence:literal) => {
         concat!(
@@ -444,6 +525,18 @@ impl AuditStore {
     ///
     /// Errors: [`AuditError::UnsupportedScheme`], [`AuditError::Connect`].
     pub async fn connect(url: &str) -> Result<Self, AuditError> {
+        Self::connect_with(url, true).await
+    }
+
+    /// Like [`AuditStore::connect`] for read-only commands (`report`, `audit
+    /// verify`): a SQLite file must already exist, so a mistyped path is an error
+    /// instead of a new empty database. Errors: [`AuditError::NoDatabase`] and
+    /// those of `connect`.
+    pub async fn connect_existing(url: &str) -> Result<Self, AuditError> {
+        Self::connect_with(url, false).await
+    }
+
+    async fn connect_with(url: &str, create: bool) -> Result<Self, AuditError> {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres(postgres::PgStore::connect(url).await?)
         } else if url.starts_with("sqlite:") {
@@ -454,7 +547,7 @@ impl AuditStore {
             if path.is_empty() {
                 return Err(AuditError::UnsupportedScheme { url: redact(url) });
             }
-            Backend::Sqlite(sqlite::SqliteStore::connect(url).await?)
+            Backend::Sqlite(sqlite::SqliteStore::connect(url, path, create).await?)
         } else {
             return Err(AuditError::UnsupportedScheme { url: redact(url) });
         };
@@ -483,13 +576,66 @@ impl AuditStore {
     }
 
     /// Applies the embedded migrations (`migrations/postgres` or
-    /// `migrations/sqlite`); idempotent and safe to run from several processes at
-    /// once (sqlx takes a lock). Errors: [`AuditError::Migrate`].
+    /// `migrations/sqlite`), then re-asserts the append-only triggers (see
+    /// [`AuditStore::migrate_with`]); idempotent and safe to run from several
+    /// processes at once (PostgreSQL: sqlx's advisory lock; SQLite: the whole run
+    /// under `BEGIN IMMEDIATE`, so two processes creating a new file both succeed).
+    /// Errors: [`AuditError::Migrate`], [`AuditError::Guards`].
     pub async fn migrate(&self) -> Result<(), AuditError> {
-        match &self.backend {
-            Backend::Postgres(s) => s.migrate().await,
+        self.migrate_with(false).await.map(|_| ())
+    }
+
+    /// [`AuditStore::migrate`], reporting what it restored: after the migrations,
+    /// every append-only trigger (PostgreSQL also: its function, and the weekly
+    /// report summary's table, function and trigger) that is missing, disabled or
+    /// altered is re-created, appends blocked meanwhile; sqlx never re-runs an
+    /// applied migration, so this is what undoes a superuser's `DROP TRIGGER`.
+    /// PostgreSQL rebuilds the summary from the log when its trigger was restored
+    /// or `rebuild_summary` is set. Errors: [`AuditError::Migrate`],
+    /// [`AuditError::Guards`].
+    pub async fn migrate_with(&self, rebuild_summary: bool) -> Result<MigrateOutcome, AuditError> {
+        let outcome = match &self.backend {
+            Backend::Postgres(s) => s.migrate(rebuild_summary).await,
             Backend::Sqlite(s) => s.migrate().await,
+        }?;
+        if !outcome.restored.is_empty() {
+            tracing::warn!(
+                restored = ?outcome.restored,
+                "audit log guards were missing, disabled or altered and have been restored"
+            );
         }
+        Ok(outcome)
+    }
+
+    /// The chain head (last row and row count), `None` for an empty log.
+    /// Errors: [`AuditError::Read`].
+    pub async fn head(&self) -> Result<Option<ChainHead>, AuditError> {
+        let found = match &self.backend {
+            Backend::Postgres(s) => s.head().await,
+            Backend::Sqlite(s) => s.head().await,
+        }
+        .map_err(|source| AuditError::Read {
+            what: "chain head",
+            source,
+        })?;
+        Ok(found.map(|(id, row_hash, rows)| ChainHead {
+            id,
+            rows: u64::try_from(rows).unwrap_or(0),
+            row_hash,
+        }))
+    }
+
+    /// The id of the row whose `row_hash` is `hash`, if the log holds one (for
+    /// `audit verify --expect-head`). Errors: [`AuditError::Read`].
+    pub async fn row_id_for_hash(&self, hash: &str) -> Result<Option<i64>, AuditError> {
+        match &self.backend {
+            Backend::Postgres(s) => s.row_id_for_hash(hash).await,
+            Backend::Sqlite(s) => s.row_id_for_hash(hash).await,
+        }
+        .map_err(|source| AuditError::Read {
+            what: "row by hash",
+            source,
+        })
     }
 
     /// Appends one row, created now; returns its id. See [`AuditStore::append_at`].
@@ -549,17 +695,36 @@ impl AuditStore {
     }
 
     /// Walks the whole chain in id order (streaming, constant memory) and reports
-    /// every row whose `prev_hash` or `row_hash` is wrong, the first one first.
-    /// Errors: [`AuditError::Read`].
+    /// every row whose `prev_hash` or `row_hash` is wrong, the first one first;
+    /// then lists the guards (append-only triggers, PostgreSQL's report summary)
+    /// that are missing, disabled or altered, and on PostgreSQL compares the
+    /// report summary with the log. [`VerifyReport::passes`] sums it up.
+    /// Errors: [`AuditError::Read`], [`AuditError::Guards`].
     pub async fn verify(&self) -> Result<VerifyReport, AuditError> {
-        match &self.backend {
+        let read = |source| AuditError::Read {
+            what: "verify",
+            source,
+        };
+        let mut report = match &self.backend {
             Backend::Postgres(s) => s.verify().await,
             Backend::Sqlite(s) => s.verify().await,
         }
-        .map_err(|source| AuditError::Read {
-            what: "verify",
-            source,
-        })
+        .map_err(read)?;
+        let guards = match &self.backend {
+            Backend::Postgres(s) => s.guard_problems().await,
+            Backend::Sqlite(s) => s.guard_problems().await,
+        }
+        .map_err(|source| AuditError::Guards { source })?;
+        let summary_present = !guards.problems.iter().any(|p| p.contains("table missing"));
+        report.guards_missing = guards.problems;
+        if let Backend::Postgres(s) = &self.backend
+            && summary_present
+        {
+            let (n, first) = s.summary_mismatches().await.map_err(read)?;
+            report.summary_mismatches = n;
+            report.summary_first_mismatch = first;
+        }
+        Ok(report)
     }
 
     /// The weekly report's counts: for each bucket `bounds[i]..bounds[i + 1]`
@@ -568,7 +733,8 @@ impl AuditStore {
     /// terminal by id, else latest), with the SLA figures. A termination is every
     /// row sharing an idempotency key, or (rows without one) an externalId;
     /// manifest and operator rows are not terminations. PostgreSQL computes this in
-    /// one query; SQLite reduces in SQL and buckets in Rust.
+    /// one query over its per-termination summary table (kept by a trigger);
+    /// SQLite reduces the rows in SQL and buckets in Rust. Both give the same figures.
     ///
     /// Errors: [`AuditError::Read`], [`AuditError::Corrupt`].
     pub async fn weekly_buckets(

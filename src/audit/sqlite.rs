@@ -18,9 +18,9 @@ use sqlx::{Row, migrate::Migrator};
 
 use super::chain::{self, ChainWalker, RowContent, StoredChainRow, VerifyReport};
 use super::{
-    AuditEntry, AuditError, BucketCounts, FirstRowLookup, Reduced, aggregate, first_row_lookup,
-    outcome_code, parse_instant, redact, reduce_terminations, row_columns, terminal_outcome,
-    termination_row,
+    Accumulator, AuditEntry, AuditError, BucketCounts, FirstRowLookup, MigrateOutcome,
+    first_row_lookup, guards, outcome_code, redact, reduce_terminations, row_columns,
+    terminal_outcome, termination_row,
 };
 use crate::domain::Outcome;
 
@@ -32,12 +32,19 @@ pub(super) struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub(super) async fn connect(url: &str) -> Result<Self, AuditError> {
+    /// `path` is the file part of `url`; `create` whether a missing file may be
+    /// created (read-only commands pass false).
+    pub(super) async fn connect(url: &str, path: &str, create: bool) -> Result<Self, AuditError> {
         let err = |source| AuditError::Connect {
             url: redact(url),
             source,
         };
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if !in_memory && !create && !std::path::Path::new(path).is_file() {
+            return Err(AuditError::NoDatabase {
+                path: path.to_owned(),
+            });
+        }
         let options = SqliteConnectOptions::from_str(url)
             .map_err(err)?
             .busy_timeout(Duration::from_secs(30));
@@ -57,7 +64,7 @@ impl SqliteStore {
                 .max_connections(4)
                 .connect_with(
                     options
-                        .create_if_missing(true)
+                        .create_if_missing(create)
                         .journal_mode(SqliteJournalMode::Wal),
                 )
                 .await
@@ -66,11 +73,47 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    pub(super) async fn migrate(&self) -> Result<(), AuditError> {
-        MIGRATOR
-            .run(&self.pool)
+    pub(super) async fn migrate(&self) -> Result<MigrateOutcome, AuditError> {
+        let migrate = |source| AuditError::Migrate { source };
+        // sqlx takes no lock on SQLite: two processes migrating a new file at once
+        // both saw no applied migration and one failed with "table already
+        // exists". The whole run under the database's write lock serialises them
+        // (each migration becomes a savepoint); the second finds them applied.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(|source| AuditError::Migrate { source })
+            .map_err(|e| migrate(e.into()))?;
+        MIGRATOR.run(&mut *tx).await.map_err(migrate)?;
+        tx.commit().await.map_err(|e| migrate(e.into()))?;
+        let guard = |source| AuditError::Guards { source };
+        let mut conn = self.pool.acquire().await.map_err(guard)?;
+        let restored = guards::sqlite_restore(&mut conn).await.map_err(guard)?;
+        Ok(MigrateOutcome {
+            restored,
+            summary_rebuilt: None,
+        })
+    }
+
+    pub(super) async fn guard_problems(&self) -> Result<guards::GuardProblems, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        guards::sqlite_check(&mut conn).await
+    }
+
+    pub(super) async fn head(&self) -> Result<Option<(i64, String, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, row_hash, (SELECT count(*) FROM scim_audit_log) \
+             FROM scim_audit_log ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    pub(super) async fn row_id_for_hash(&self, hash: &str) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT id FROM scim_audit_log WHERE row_hash = ?1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
     }
 
     /// The pool, for the working-state tables that share this database: claims
@@ -219,40 +262,46 @@ impl SqliteStore {
         let (Some(from), Some(to)) = (bounds.first(), bounds.last()) else {
             return Ok(Vec::new());
         };
-        let rows: Vec<(String, Option<String>, i64, String)> =
-            sqlx::query_as(reduce_terminations!("?1", "?2", "?3", "LIMIT -1"))
-                .bind(chain::instant_text(*from))
-                .bind(chain::instant_text(*to))
-                .bind(chain::instant_text(as_of))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|source| AuditError::Read {
-                    what: "weekly counts",
-                    source,
+        // The reduction, the outcome code and the SLA hours in SQL; the bucket in
+        // Rust by comparing instant texts (fixed width, so text order is time
+        // order): nothing is parsed per termination. Hours are whole milliseconds
+        // / 3.6e6, as on PostgreSQL (julianday keeps exact milliseconds).
+        let rows: Vec<(String, i64, Option<f64>)> = sqlx::query_as(concat!(
+            "SELECT first_at, code, CASE WHEN code <= 1 AND eff IS NOT NULL \
+               THEN round((julianday(decided_at) - julianday(eff)) * 86400000.0) / 3600000.0 \
+             END FROM (",
+            reduce_terminations!("?1", "?2", "?3", "LIMIT -1"),
+            ")"
+        ))
+        .bind(chain::instant_text(*from))
+        .bind(chain::instant_text(*to))
+        .bind(chain::instant_text(as_of))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| AuditError::Read {
+            what: "weekly counts",
+            source,
+        })?;
+        let bounds: Vec<String> = bounds.iter().map(|b| chain::instant_text(*b)).collect();
+        let mut acc = Accumulator::new(bounds.len().saturating_sub(1));
+        for (first_at, code, hours) in rows {
+            let Some(bucket) = bounds
+                .partition_point(|b| b.as_str() <= first_at.as_str())
+                .checked_sub(1)
+            else {
+                continue;
+            };
+            let code = usize::try_from(code)
+                .ok()
+                .filter(|c| *c < Outcome::ALL.len())
+                .ok_or_else(|| AuditError::Corrupt {
+                    id: 0,
+                    column: "outcome",
+                    value: format!("code {code} for a termination first seen {first_at}"),
                 })?;
-        let reduced = rows
-            .into_iter()
-            .map(|(first_at, effective_at, code, decided_at)| {
-                let outcome = usize::try_from(code)
-                    .ok()
-                    .and_then(|i| Outcome::ALL.get(i).copied())
-                    .ok_or_else(|| AuditError::Corrupt {
-                        id: 0,
-                        column: "outcome",
-                        value: format!("code {code} for a termination first seen {first_at}"),
-                    })?;
-                Ok(Reduced {
-                    first_seen_at: parse_instant(0, "termination_first_at", &first_at)?,
-                    outcome,
-                    decided_at: parse_instant(0, "created_at", &decided_at)?,
-                    effective_at: effective_at
-                        .as_deref()
-                        .map(|t| parse_instant(0, "effective_at", t))
-                        .transpose()?,
-                })
-            })
-            .collect::<Result<Vec<_>, AuditError>>()?;
-        Ok(aggregate(&reduced, bounds))
+            acc.add(bucket, code, hours);
+        }
+        Ok(acc.finish())
     }
 
     pub(super) async fn termination_rows(

@@ -123,7 +123,7 @@ async fn pending(args: PendingArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn connect(audit: &AuditArgs) -> anyhow::Result<AuditStore> {
-    AuditStore::connect(audit.database_url.expose_secret())
+    AuditStore::connect_existing(audit.database_url.expose_secret())
         .await
         .context("opening the audit store")
 }

@@ -4,6 +4,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::{EvidenceRow, ReportError, WeekRow, WeeklyReport};
+use crate::audit::ChainHead;
 
 const WEEK_HEADERS: [&str; 18] = [
     "week",
@@ -101,27 +102,63 @@ fn table_text(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The footer line of the CSV and table renderings.
+fn head_line(head: Option<&ChainHead>) -> String {
+    match head {
+        Some(h) => format!(
+            "chain_head: id={} rows={} row_hash={}",
+            h.id, h.rows, h.row_hash
+        ),
+        None => "chain_head: none (the audit log is empty)".to_owned(),
+    }
+}
+
 impl WeeklyReport {
     /// A JSON array with one object per week (the seed's shape: `week`, `total`,
-    /// `successful`, `failed`, plus the fields of [`WeekRow`]), pretty-printed, with a
-    /// trailing newline.
+    /// `successful`, `failed`, plus the fields of [`WeekRow`]) and, as its last
+    /// element, the footer `{"chain_head": {"id", "rows", "row_hash"}}` (`null` for
+    /// an empty log); pretty-printed, with a trailing newline. Tools summing weeks
+    /// select the elements that have a `week`.
     pub fn to_json(&self) -> Result<String, ReportError> {
-        Ok(serde_json::to_string_pretty(&self.weeks)? + "\n")
+        #[derive(serde::Serialize)]
+        #[serde(untagged)]
+        enum Item<'a> {
+            Week(&'a WeekRow),
+            Footer { chain_head: Option<&'a ChainHead> },
+        }
+        let items: Vec<Item<'_>> = self
+            .weeks
+            .iter()
+            .map(Item::Week)
+            .chain(std::iter::once(Item::Footer {
+                chain_head: self.chain_head.as_ref(),
+            }))
+            .collect();
+        Ok(serde_json::to_string_pretty(&items)? + "\n")
     }
 
-    /// CSV with a header row; hours with two decimals, empty when there is no sample.
+    /// CSV with a header row; hours with two decimals, empty when there is no
+    /// sample. The last line is the footer `# chain_head: id=… rows=… row_hash=…`
+    /// (a comment line: readers with comment support, e.g. pandas
+    /// `comment='#'`, skip it).
     pub fn to_csv(&self) -> Result<String, ReportError> {
-        csv_text(&WEEK_HEADERS, self.weeks.iter().map(week_cells))
+        let mut text = csv_text(&WEEK_HEADERS, self.weeks.iter().map(week_cells))?;
+        text.push_str("# ");
+        text.push_str(&head_line(self.chain_head.as_ref()));
+        text.push('\n');
+        Ok(text)
     }
 
-    /// An aligned text table, headed by the zone and the as-of instant.
+    /// An aligned text table, headed by the zone and the as-of instant, ending
+    /// with the chain head.
     pub fn to_table(&self) -> String {
         let rows: Vec<Vec<String>> = self.weeks.iter().map(week_cells).collect();
         format!(
-            "Weekly deprovisioning summary (weeks from Monday 00:00 {}; as of {})\n{}",
+            "Weekly deprovisioning summary (weeks from Monday 00:00 {}; as of {})\n{}{}\n",
             self.tz.name(),
             self.as_of.to_rfc3339_opts(SecondsFormat::Secs, true),
-            table_text(&WEEK_HEADERS, &rows)
+            table_text(&WEEK_HEADERS, &rows),
+            head_line(self.chain_head.as_ref())
         )
     }
 }

@@ -8,7 +8,7 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use super::ReportError;
-use crate::audit::{AuditStore, BucketCounts};
+use crate::audit::{AuditStore, BucketCounts, ChainHead};
 
 /// One ISO week. `week`, `total`, `successful` and `failed` are the seed's fields
 /// and keep their meaning; `total` counts terminations first seen that week
@@ -66,6 +66,10 @@ pub struct WeeklyReport {
     pub as_of: DateTime<Utc>,
     /// One row per week, oldest first.
     pub weeks: Vec<WeekRow>,
+    /// The audit chain's head when the report was made (`None`: empty log). The
+    /// renderings end with it so that an archived report pins the chain: `audit
+    /// verify --expect-head` later fails if rows were removed from its end.
+    pub chain_head: Option<ChainHead>,
 }
 
 fn tz_name<S: serde::Serializer>(tz: &Tz, s: S) -> Result<S::Ok, S::Error> {
@@ -109,7 +113,8 @@ pub(super) fn week_bounds(
 
 /// The weekly summary of the `weeks` ISO weeks (at least 1) ending with the week
 /// that contains `now` in `tz`, counting only rows created at or before `now`
-/// (so a report is reproducible for a given `now`). A termination belongs to the
+/// (so a report is reproducible for a given `now`), with the chain head as the
+/// report is made. A termination belongs to the
 /// week in which it was first seen; weeks without any are rows of zeros.
 ///
 /// SLA: over terminations whose outcome is `deactivated` or `already_inactive`
@@ -125,6 +130,8 @@ pub async fn weekly(
 ) -> Result<WeeklyReport, ReportError> {
     let (mondays, bounds) = week_bounds(now, weeks, tz);
     let buckets = store.weekly_buckets(&bounds, now).await?;
+    // Read after the counts: a head at least as new as every row they include.
+    let chain_head = store.head().await?;
     let weeks = mondays
         .iter()
         .zip(
@@ -138,6 +145,7 @@ pub async fn weekly(
         tz,
         as_of: now,
         weeks,
+        chain_head,
     })
 }
 

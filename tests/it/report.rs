@@ -1,7 +1,7 @@
 //! The weekly report and the evidence export over a fixed audit history, on both
 //! backends: golden files for the weekly JSON and CSV (`tests/it/golden/`; rewrite
-//! them with `UPDATE_GOLDEN=1` after a deliberate change), week boundaries in a
-//! time zone, and the SVG chart.
+//! them with `UPDATE_GOLDEN=1` after a deliberate change; both end with the chain
+//! head), week boundaries in a time zone, the as-of instant, and the SVG chart.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
@@ -316,6 +316,31 @@ async fn evidence_lists_each_termination_once(db: TestDb) {
     assert!(matches!(backwards, Err(ReportError::EmptyRange { .. })));
 }
 
+/// A report as of an instant between two rows of one termination counts it as
+/// it stood then: J was still retrying at 10:30 (its deactivation row is from
+/// 11:00). On PostgreSQL this is the path that reduces such terminations from
+/// their rows instead of the summary, which already holds the later outcome.
+async fn report_as_of_counts_only_rows_created_by_then(db: TestDb) {
+    seed(&db.store).await;
+    let earlier = report::weekly(&db.store, 3, ny(), at("2026-03-12T10:30:00Z"))
+        .await
+        .unwrap();
+    let w11 = &earlier.weeks[2];
+    assert_eq!(
+        (w11.total, w11.successful, w11.retrying, w11.sla_measured),
+        (4, 1, 1, 1),
+        "{w11:?}"
+    );
+    assert_eq!(w11.sla_median_hours, Some(4.0), "H alone: 05:00 to 09:00");
+    let now = report::weekly(&db.store, 3, ny(), now()).await.unwrap();
+    assert_eq!((now.weeks[2].successful, now.weeks[2].retrying), (2, 0));
+    assert_eq!(
+        earlier.weeks[..2],
+        now.weeks[..2],
+        "earlier weeks are settled"
+    );
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod on_postgres {
@@ -341,6 +366,7 @@ on_both!(
     weekly_matches_golden,
     monday_0430z_week_depends_on_the_zone,
     evidence_lists_each_termination_once,
+    report_as_of_counts_only_rows_created_by_then,
 );
 
 #[tokio::test]
@@ -394,10 +420,13 @@ async fn weekly_command_writes_json_csv_and_chart_files() {
     assert!(status.status.success(), "{status:?}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let weeks = json.as_array().expect("an array of weeks");
-    assert_eq!(weeks.len(), 2);
+    let items = json.as_array().expect("an array of weeks and the footer");
+    assert_eq!(items.len(), 3, "two weeks, then the footer");
     for field in ["week", "total", "successful", "failed"] {
-        assert!(weeks[0].get(field).is_some(), "{field}");
+        assert!(items[0].get(field).is_some(), "{field}");
     }
+    let head = db.store.head().await.unwrap().expect("rows were seeded");
+    assert_eq!(items[2]["chain_head"]["row_hash"], head.row_hash.as_str());
+    assert_eq!(items[2]["chain_head"]["rows"], head.rows);
     assert!(std::fs::read_to_string(&chart).unwrap().contains("<svg"));
 }

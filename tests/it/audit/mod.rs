@@ -1,10 +1,12 @@
 //! The audit store against real databases: one conformance suite run on
 //! PostgreSQL (`$TEST_DATABASE_URL`, a fresh database per test) and on SQLite (a
 //! file in a fresh temporary directory per test), plus what only one backend has
-//! (the worker role, session TimeZone, TRUNCATE). Helpers here are shared with
-//! `report`.
+//! (the worker role, session TimeZone, TRUNCATE), and what a chain cannot show
+//! alone (`guards`: a removed tail, dropped triggers). Helpers here are shared
+//! with `report`.
 
 mod conformance;
+mod guards;
 mod postgres;
 mod sqlite;
 

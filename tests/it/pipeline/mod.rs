@@ -4,6 +4,7 @@
 //! with a real redrive policy, the Genesys Cloud simulator, PostgreSQL for the
 //! audit; `deprovision replay-dlq` and `deprovision run --sandbox` as commands.
 
+mod audit_write_failure;
 pub mod harness;
 
 use std::time::Duration;
