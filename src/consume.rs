@@ -1128,18 +1128,14 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
             termination.effective_at.to_rfc3339(),
             placed.hold.id
         ));
-        match self.audit.append(&entry).await {
-            Ok(_) => match self.delete(message).await {
-                Ok(()) => Step::Deferred {
-                    effective_at: termination.effective_at,
-                },
-                Err(e) => Step::QueueFailed(e),
+        self.audit_then_delete(
+            message,
+            &entry,
+            Step::Deferred {
+                effective_at: termination.effective_at,
             },
-            Err(e) => {
-                self.retry(message, format!("audit write failed: {e}"), None)
-                    .await
-            }
-        }
+        )
+        .await
     }
 
     /// A rehire record: cancel the person's pending holds (each audited as
@@ -1168,16 +1164,9 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
             entry.error_message = Some(format!(
                 "dry run: would record the rehire and cancel pending holds ({reason})"
             ));
-            return match self.audit.append(&entry).await {
-                Ok(_) => match self.delete(message).await {
-                    Ok(()) => Step::DryRun(Outcome::Rescinded),
-                    Err(e) => Step::QueueFailed(e),
-                },
-                Err(e) => {
-                    self.retry(message, format!("audit write failed: {e}"), None)
-                        .await
-                }
-            };
+            return self
+                .audit_then_delete(message, &entry, Step::DryRun(Outcome::Rescinded))
+                .await;
         }
         let now = self.options.clock.now();
         let cancelled = match self.audit.cancel_holds(external_id, &reason, now).await {
@@ -1245,16 +1234,9 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
         if self.options.dry_run {
             entry.outcome = Outcome::DryRun;
             entry.error_message = Some(format!("dry run: would be rescinded: {reason}"));
-            return match self.audit.append(&entry).await {
-                Ok(_) => match self.delete(message).await {
-                    Ok(()) => Step::DryRun(Outcome::Rescinded),
-                    Err(e) => Step::QueueFailed(e),
-                },
-                Err(e) => {
-                    self.retry(message, format!("audit write failed: {e}"), None)
-                        .await
-                }
-            };
+            return self
+                .audit_then_delete(message, &entry, Step::DryRun(Outcome::Rescinded))
+                .await;
         }
         match self.audit.append(&entry).await {
             Ok(_) => match self.delete(message).await {
@@ -1262,6 +1244,27 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
                 Err(e) => Step::QueueFailed(e),
             },
             Err(e) => self.audit_failed(message, entry, e.to_string()).await,
+        }
+    }
+
+    /// Audit, then delete: the message goes only once its row is written. `done`
+    /// is the step when both succeed; a failed write returns the message to the
+    /// queue for a retry, a failed delete is [`Step::QueueFailed`].
+    async fn audit_then_delete(
+        &self,
+        message: &ReceivedMessage,
+        entry: &AuditEntry,
+        done: Step,
+    ) -> Step {
+        match self.audit.append(entry).await {
+            Ok(_) => match self.delete(message).await {
+                Ok(()) => done,
+                Err(e) => Step::QueueFailed(e),
+            },
+            Err(e) => {
+                self.retry(message, format!("audit write failed: {e}"), None)
+                    .await
+            }
         }
     }
 
@@ -1304,16 +1307,9 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
                 Some(termination.effective_at),
                 report.detail.as_deref(),
             ));
-            return match self.audit.append(&entry).await {
-                Ok(_) => match self.delete(message).await {
-                    Ok(()) => Step::DryRun(planned),
-                    Err(e) => Step::QueueFailed(e),
-                },
-                Err(e) => {
-                    self.retry(message, format!("audit write failed: {e}"), None)
-                        .await
-                }
-            };
+            return self
+                .audit_then_delete(message, &entry, Step::DryRun(planned))
+                .await;
         }
         match report.outcome {
             o if o.is_terminal() && !o.is_dead_lettered() => {
@@ -1417,16 +1413,9 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
             entry.success = false;
             entry.error_message =
                 Some(format!("dry run: would dead-letter as {outcome}: {reason}"));
-            return match self.audit.append(&entry).await {
-                Ok(_) => match self.delete(message).await {
-                    Ok(()) => Step::DryRun(outcome),
-                    Err(e) => Step::QueueFailed(e),
-                },
-                Err(e) => {
-                    self.retry(message, format!("audit write failed: {e}"), None)
-                        .await
-                }
-            };
+            return self
+                .audit_then_delete(message, &entry, Step::DryRun(outcome))
+                .await;
         }
         let mut attributes = message.attributes.clone();
         attributes.extend([

@@ -19,9 +19,9 @@
 
 pub mod chain;
 mod claims;
+mod guards;
 mod held;
 pub mod holds;
-mod guards;
 mod postgres;
 mod sqlite;
 
