@@ -152,9 +152,27 @@ pub trait HoldSink: AuditSink {
         external_id: &str,
         key: &IdempotencyKey,
     ) -> impl Future<Output = Result<Option<Supersession>, Self::Error>> + Send;
+
+    /// The latest rehire of `external_id` effective at or after `effective_at`,
+    /// whenever recorded (a stale termination). Default: none (fakes).
+    fn rehired_since(
+        &self,
+        _external_id: &str,
+        _effective_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<Supersession>, Self::Error>> + Send {
+        std::future::ready(Ok(None))
+    }
 }
 
 impl HoldSink for crate::audit::AuditStore {
+    async fn rehired_since(
+        &self,
+        external_id: &str,
+        effective_at: DateTime<Utc>,
+    ) -> Result<Option<Supersession>, Self::Error> {
+        crate::audit::AuditStore::rehired_since(self, external_id, effective_at).await
+    }
+
     async fn place_hold(&self, hold: &NewHold, now: DateTime<Utc>) -> Result<Placed, Self::Error> {
         crate::audit::AuditStore::place_hold(self, hold, now).await
     }
@@ -851,13 +869,20 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
             return step;
         }
 
-        // A rehire audited after this termination was first seen withdraws it:
-        // e.g. a hold released while the rehire was cancelling it, or a retry.
-        match self
-            .audit
-            .supersession(termination.record.external_id.as_str(), &key)
-            .await
-        {
+        // A rehire audited after this termination was first seen withdraws it
+        // (e.g. a hold released while the rehire was cancelling it, or a retry),
+        // and so does a rehire effective on or after this termination's time,
+        // whenever it was recorded (this termination is stale).
+        let external_id = termination.record.external_id.as_str();
+        let superseding = match self.audit.supersession(external_id, &key).await {
+            Ok(None) => {
+                self.audit
+                    .rehired_since(external_id, termination.effective_at)
+                    .await
+            }
+            other => other,
+        };
+        match superseding {
             Ok(Some(s)) if s.action == RecordAction::Rehire.as_str() => {
                 let step = self
                     .rescind(message, &termination, &s.reason(), started)
@@ -1051,7 +1076,13 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
             groups: report.map(|r| r.groups_removed.clone()).unwrap_or_default(),
             roles: report.map(|r| r.roles_removed.clone()).unwrap_or_default(),
             effective_at: termination.map(|t| t.effective_at),
-            reason: report.and_then(|r| r.detail.clone()),
+            reason: if earlier {
+                Some(format!(
+                    "finished by an earlier run as {outcome}; not acted on again"
+                ))
+            } else {
+                report.and_then(|r| r.detail.clone())
+            },
             earlier,
         };
         if (outcome == Outcome::Scheduled || planned == Some(Outcome::Scheduled))
@@ -1967,11 +1998,18 @@ async fn revalidate<A: HoldSink>(
         idempotency_key: Some(t.idempotency_key.clone()),
         actor: Some(options.actor.clone()),
     };
-    if let Some(s) = audit
+    let superseding = match audit
         .supersession(external_id, &t.idempotency_key)
         .await
         .map_err(|e| e.to_string())?
     {
+        Some(s) => Some(s),
+        None => audit
+            .rehired_since(external_id, t.effective_at)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    if let Some(s) = superseding {
         let reason = s.reason();
         info!(message_id = %message.message_id, external_id, reason, "superseded; not replayed");
         if !options.dry_run {

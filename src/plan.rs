@@ -184,7 +184,10 @@ impl Journal {
 
     /// Takes one decision.
     pub fn record(&self, d: &Decision) {
-        if !self.keep_all && (d.earlier || d.shown().is_success()) {
+        // A person finished by an earlier run as not_found, protected, rescinded
+        // or dead-lettered still has no access removed: a rerun lists them again
+        // rather than hiding them behind "already done".
+        if !self.keep_all && d.shown().is_success() {
             return;
         }
         let mut inner = self
@@ -415,6 +418,9 @@ mod tests {
         let mut earlier = decision(Outcome::NotFound, None, 9);
         earlier.earlier = true;
         j.record(&earlier);
+        let mut earlier_done = decision(Outcome::Deactivated, None, 10);
+        earlier_done.earlier = true;
+        j.record(&earlier_done);
         let (kept, more) = j.finish();
         let idx: Vec<_> = kept.iter().map(|d| d.index).collect();
         assert_eq!(
@@ -422,7 +428,10 @@ mod tests {
             vec![Some(3), Some(5)],
             "sorted by index, first two kept"
         );
-        assert_eq!(more, 1);
+        assert_eq!(
+            more, 2,
+            "the earlier not_found counts; the earlier success does not"
+        );
 
         let all = Journal::everyone();
         all.record(&decision(Outcome::DryRun, Some(Outcome::Deactivated), 1));

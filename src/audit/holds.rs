@@ -666,6 +666,67 @@ impl AuditStore {
     }
 }
 
+impl AuditStore {
+    /// The latest rehire of `external_id` effective at or after `effective_at`,
+    /// whenever it was recorded: a termination that arrives after the person was
+    /// rehired on a later (or the same) date is stale and must not lock them out.
+    /// `dry_run` rows do not count. Errors: [`AuditError::Read`].
+    pub async fn rehired_since(
+        &self,
+        external_id: &str,
+        effective_at: DateTime<Utc>,
+    ) -> Result<Option<Supersession>, AuditError> {
+        let read = |source| AuditError::Read {
+            what: "rehires",
+            source,
+        };
+        const SQL: &str = "SELECT id, action, outcome, manifest_bucket, manifest_key, created_at, effective_at \
+             FROM scim_audit_log \
+             WHERE external_id = $1 AND action = 'rehire' AND outcome <> 'dry_run' \
+               AND effective_at >= $2 \
+             ORDER BY id DESC LIMIT 1";
+        match &self.backend {
+            Backend::Postgres(s) => {
+                let row: Option<SupersedingRow<DateTime<Utc>>> = sqlx::query_as(SQL)
+                    .bind(external_id)
+                    .bind(effective_at)
+                    .fetch_optional(s.pool())
+                    .await
+                    .map_err(read)?;
+                Ok(row.map(
+                    |(_, action, outcome, bucket, mkey, at, effective_at)| Supersession {
+                        action,
+                        outcome,
+                        manifest: manifest_name(bucket, mkey),
+                        at,
+                        effective_at,
+                    },
+                ))
+            }
+            Backend::Sqlite(s) => {
+                let row: Option<SupersedingRow<String>> = sqlx::query_as(SQL)
+                    .bind(external_id)
+                    .bind(crate::audit::chain::instant_text(effective_at))
+                    .fetch_optional(s.pool())
+                    .await
+                    .map_err(read)?;
+                row.map(|(id, action, outcome, bucket, mkey, at, effective_at)| {
+                    Ok(Supersession {
+                        action,
+                        outcome,
+                        manifest: manifest_name(bucket, mkey),
+                        at: parse_instant(id, "created_at", &at)?,
+                        effective_at: effective_at
+                            .map(|t| parse_instant(id, "effective_at", &t))
+                            .transpose()?,
+                    })
+                })
+                .transpose()
+            }
+        }
+    }
+}
+
 /// id, action, outcome, manifest bucket, manifest key, created_at, effective_at
 /// (instants as `T`: `DateTime<Utc>` on PostgreSQL, text on SQLite).
 type SupersedingRow<T> = (

@@ -461,7 +461,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let review: Vec<&Decision> = decisions
         .iter()
-        .filter(|d| !d.earlier && !d.shown().is_success())
+        .filter(|d| !d.shown().is_success())
         .collect();
     let summary = Summary {
         manifest: report,

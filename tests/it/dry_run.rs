@@ -292,12 +292,19 @@ async fn the_run_summary_lists_twenty_people_and_counts_the_rest() {
     assert_eq!(listed, 20, "{out}");
     assert!(out.contains("… and 5 more"), "{out}");
 
-    // Run again in JSON: everything is already done, nobody listed again.
+    // Run again in JSON: everything is already done, nothing is acted on, and
+    // the people still not deprovisioned are listed again, saying so.
     let (code, out) = run(&["run", &path_text, "--format", "json"], &env).await;
     assert_eq!(code, Some(0));
     let summary: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(summary["tally"]["already_done"], 25);
-    assert_eq!(summary["not_deprovisioned"], serde_json::json!([]));
+    let again = summary["not_deprovisioned"].as_array().expect("list");
+    assert_eq!(again.len(), 25);
+    assert_eq!(again[0]["outcome"], "not_found");
+    assert_eq!(
+        again[0]["reason"],
+        "finished by an earlier run as not_found; not acted on again"
+    );
 
     // A fresh database: the JSON summary lists all 25 with their reasons.
     let db = fresh_postgres().await;

@@ -727,3 +727,72 @@ async fn serve_holds_future_terminations_and_releases_due_holds() {
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].external_id, "SV0001");
 }
+
+/// A rehire recorded first, then a termination dated before the rehire (a stale
+/// row that arrives late): the person is not deactivated (`rescinded`), the run
+/// says who and why, and a rerun still lists them for review instead of hiding
+/// them behind "already done".
+#[tokio::test]
+async fn a_termination_dated_before_a_recorded_rehire_is_rescinded_and_listed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db_url = format!("sqlite://{}", dir.path().join("sandbox.db").display());
+    let write = |name: &str, body: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).expect("write manifest");
+        path.display().to_string()
+    };
+    let rehire = write(
+        "rehire.csv",
+        "externalId,terminationDate,action\nRH0001,2026-02-01,rehire\n",
+    );
+    let stale = write(
+        "stale.csv",
+        "externalId,terminationDate\nRH0001,2026-01-01\nRH0002,2026-01-01\n",
+    );
+    let env = vec![("HR_TIMEZONE".to_owned(), "UTC".to_owned())];
+    let run = |manifest: String| {
+        let db_url = db_url.clone();
+        let env = env.clone();
+        async move {
+            run_bin(
+                &[
+                    "run",
+                    "--sandbox",
+                    "--sandbox-database-url",
+                    db_url.as_str(),
+                    manifest.as_str(),
+                ],
+                &env,
+            )
+            .await
+        }
+    };
+    let (status, out) = run(rehire).await;
+    assert!(status.success(), "{out}");
+
+    let (status, out) = run(stale.clone()).await;
+    assert!(status.success(), "{out}");
+    let line = |out: &str, what: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(what))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert!(line(&out, "deactivated").contains(" 1"), "{out}");
+    assert!(line(&out, "rescinded").contains(" 1"), "{out}");
+    let listed = out
+        .lines()
+        .find(|l| l.contains("RH0001"))
+        .unwrap_or_else(|| panic!("RH0001 not listed in {out}"));
+    assert!(listed.contains("rehire"), "{listed}");
+
+    // A rerun acts on nobody and still names RH0001.
+    let (status, out) = run(stale).await;
+    assert!(status.success(), "{out}");
+    let listed = out
+        .lines()
+        .find(|l| l.contains("RH0001"))
+        .unwrap_or_else(|| panic!("RH0001 not listed on the rerun: {out}"));
+    assert!(listed.contains("earlier run"), "{listed}");
+    assert!(!out.contains("RH0002"), "a success is not listed: {out}");
+}
