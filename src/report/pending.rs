@@ -140,10 +140,14 @@ impl PendingReport {
             }
             out.trim_end().to_owned() + "\n"
         };
+        let zones = if self.tz == chrono_tz::UTC {
+            "UTC".to_owned()
+        } else {
+            format!("UTC and {}", self.tz.name())
+        };
         let mut out = format!(
-            "Pending terminations: {} held (due times in UTC and {})\n",
-            self.holds.len(),
-            self.tz.name()
+            "Pending terminations: {} held (due times in {zones})\n",
+            self.holds.len()
         );
         out.push_str(&line(&HEADERS[..6]));
         for r in &rows {

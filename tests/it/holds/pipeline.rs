@@ -579,7 +579,7 @@ async fn report_pending_lists_held_terminations_with_due_times() {
     let (status, table) = run_bin(&["report", "pending"], &env).await;
     assert!(status.success(), "{table}");
     assert!(
-        table.starts_with("Pending terminations: 2 held (due times in UTC and UTC)"),
+        table.starts_with("Pending terminations: 2 held (due times in UTC)"),
         "{table}"
     );
     assert!(
