@@ -36,6 +36,13 @@ use crate::domain::{
 /// bounded whatever the file holds.
 pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
+/// Most distinct terminations a manifest's duplicate check remembers (16 bytes
+/// each, about 6 MiB in all), so that reading stays in bounded memory whatever
+/// the file's size. Repeats among the first this many are collapsed here; a
+/// repeat of a later one is enqueued and recognised by the consumer's
+/// idempotency check against the audit (never a second deactivation or count).
+pub const MAX_DEDUP_ENTRIES: usize = 1 << 18;
+
 /// How much of the file start is examined to detect the format (bytes).
 const SNIFF_BYTES: usize = 64 * 1024;
 
@@ -441,8 +448,9 @@ impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
                 format: Some(format),
                 ..Summary::default()
             },
-            seen: dedup_capacity
-                .map(|n| HashMap::with_capacity_and_hasher(n, BuildFingerprintHasher)),
+            seen: dedup_capacity.map(|n| {
+                HashMap::with_capacity_and_hasher(n.min(MAX_DEDUP_ENTRIES), BuildFingerprintHasher)
+            }),
         }
     }
 
@@ -499,7 +507,11 @@ impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
                 let user = user_hash(record.user_id.as_ref());
                 match seen.get(&fingerprint) {
                     None => {
-                        seen.insert(fingerprint, user);
+                        // Past the cap a repeat is enqueued again; the consumer's
+                        // idempotency check makes it harmless (`already done`).
+                        if seen.len() < MAX_DEDUP_ENTRIES {
+                            seen.insert(fingerprint, user);
+                        }
                         self.summary.valid += 1;
                         Entry::Valid {
                             position,
