@@ -37,9 +37,11 @@ pub struct Protection {
     groups: HashSet<String>,
     groups_folded: HashSet<String>,
     refresh: Duration,
-    /// Group id → the configured name it was resolved from.
-    resolved: Mutex<Option<(Instant, Arc<HashMap<String, String>>)>>,
+    resolved: Mutex<Option<(Instant, Arc<Resolved>)>>,
 }
+
+/// Resolved group names: group id → its display name (else the configured entry).
+type Resolved = HashMap<String, String>;
 
 /// Why a user is protected, for the audit row's `error_message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,10 +182,7 @@ impl Protection {
 
     /// Group ids of the configured names (id → name), from the cache or looked
     /// up now. A non-UUID entry matching no group is an error (never cached).
-    async fn resolved_ids(
-        &self,
-        session: &mut Session<'_>,
-    ) -> Result<Arc<HashMap<String, String>>, ScimError> {
+    async fn resolved_ids(&self, session: &mut Session<'_>) -> Result<Arc<Resolved>, ScimError> {
         if let Some((at, ids)) = self
             .resolved
             .lock()
