@@ -30,8 +30,8 @@ use crate::consume::AuditSink;
 use crate::dispatch::{
     Approved, DispatchError, DispatchReport, Dispatcher, ManifestSource, ObjectRef,
 };
-use crate::domain::Outcome;
-use crate::manifest::{self, Format, ManifestError, Summary};
+use crate::domain::{Outcome, RecordAction};
+use crate::manifest::{self, Entry, Format, ManifestError, Summary};
 use crate::queue::Queue;
 use crate::scim::{ScimClient, ScimError};
 
@@ -197,23 +197,48 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// What the dispatcher's first pass found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstPass {
+    /// Record counts (`valid` counts distinct records of every action).
+    pub summary: Summary,
+    /// Distinct valid records with `"action": "terminate"`: what the breaker
+    /// counts (rehires deactivate nobody).
+    pub terminations: u64,
+    /// SHA-256 of every byte (64 lowercase hex digits).
+    pub sha256: String,
+}
+
 /// The dispatcher's first pass: streams the manifest once, counting distinct
-/// valid terminations (duplicates collapsed, as the enqueuing pass does; memory
-/// bounded by the distinct keys, as there), and hashes every byte of it
-/// (SHA-256, lowercase hex). Errors: as [`manifest::read`].
+/// valid records and, among them, terminations (duplicates collapsed, as the
+/// enqueuing pass does; memory bounded by the distinct keys, as there), and
+/// hashes every byte of it (SHA-256, lowercase hex). Errors: as
+/// [`manifest::read`].
 pub fn count_and_hash<R: Read>(
     reader: R,
     hint: Option<Format>,
-) -> Result<(Summary, String), ManifestError> {
+) -> Result<FirstPass, ManifestError> {
     let mut hashing = Hashing {
         inner: reader,
         hash: Sha256::new(),
     };
-    let summary = manifest::read(&mut hashing, hint, |_| ControlFlow::Continue(()))?;
+    let mut terminations = 0u64;
+    let summary = manifest::read(&mut hashing, hint, |entry| {
+        if let Entry::Valid { record, .. } = &entry
+            && record.action == RecordAction::Terminate
+        {
+            terminations += 1;
+        }
+        ControlFlow::Continue(())
+    })?;
     // The parser may stop before the end (e.g. trailing whitespace after a JSON
     // array); the hash covers the whole object.
     io::copy(&mut hashing, &mut io::sink())?;
-    Ok((summary, hex::encode(hashing.hash.finalize())))
+    Ok(FirstPass {
+        summary,
+        terminations,
+        sha256: hex::encode(hashing.hash.finalize()),
+    })
 }
 
 impl Breaker {
@@ -230,6 +255,22 @@ impl Breaker {
     /// The limits.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// The hold (or decision) recorded for `manifest_id`, if any. Errors: the
+    /// store.
+    pub async fn hold_of(&self, manifest_id: &str) -> Result<Option<HeldManifest>, BreakerError> {
+        Ok(self.store.held_manifest(manifest_id).await?)
+    }
+
+    /// Marks the hold on `manifest_id` approved by `by`, if it is still held
+    /// (`run --approve`); returns whether this call decided it. Errors: the
+    /// store.
+    pub async fn mark_approved(&self, manifest_id: &str, by: &str) -> Result<bool, BreakerError> {
+        Ok(self
+            .store
+            .decide_held_manifest(manifest_id, ManifestHoldState::Approved, by, Utc::now())
+            .await?)
     }
 
     /// Active users now (one SCIM request, 60 s budget). Errors:
@@ -405,6 +446,7 @@ pub async fn approve<Q: Queue, A: AuditSink>(
         sha256: Some(held.sha256.clone()),
         version_id: held.version_id.clone(),
         etag: held.etag.clone(),
+        by: None,
     };
     let dispatch = dispatcher.dispatch_approved(&source, 1, &approved).await?;
     let decided = store
@@ -513,17 +555,42 @@ mod tests {
     #[test]
     fn the_hash_covers_every_byte_and_the_count_collapses_duplicates() {
         let body = "externalId,terminationDate\nE1,2026-03-02\nE1,2026-03-02\nE2,2026-03-02\n";
-        let (summary, sha) = count_and_hash(body.as_bytes(), Some(Format::Csv)).unwrap();
+        let first = count_and_hash(body.as_bytes(), Some(Format::Csv)).unwrap();
+        let summary = first.summary;
         assert_eq!(
             (summary.records, summary.valid, summary.duplicates),
             (3, 2, 1)
         );
-        assert_eq!(sha, hex::encode(Sha256::digest(body.as_bytes())));
+        assert_eq!(first.terminations, 2);
+        assert_eq!(first.sha256, hex::encode(Sha256::digest(body.as_bytes())));
         let json = "[{\"externalId\":\"E1\",\"terminationDate\":\"2026-03-02\"}]\n\n  ";
-        let (_, sha) = count_and_hash(json.as_bytes(), None).unwrap();
+        let sha = count_and_hash(json.as_bytes(), None).unwrap().sha256;
         assert_eq!(sha, hex::encode(Sha256::digest(json.as_bytes())));
         assert_eq!(manifest_id(&sha).len(), 16);
         assert!(is_manifest_id(&manifest_id(&sha)));
         assert!(!is_manifest_id("ABCDEF0123456789"));
+    }
+
+    #[test]
+    fn rehires_are_not_counted_as_terminations() {
+        let mut body = String::from("[");
+        for i in 0..8 {
+            let action = if i < 5 { "terminate" } else { "rehire" };
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!(
+                "{{\"externalId\":\"E{i}\",\"terminationDate\":\"2026-03-02\",\"action\":\"{action}\"}}"
+            ));
+        }
+        body.push(']');
+        let first = count_and_hash(body.as_bytes(), None).unwrap();
+        assert_eq!(first.summary.valid, 8);
+        assert_eq!(first.terminations, 5);
+        let l = Limits {
+            max_per_manifest: 5,
+            max_share: 1.0,
+        };
+        assert_eq!(l.over_count(first.terminations), None);
     }
 }

@@ -187,6 +187,23 @@ pub enum DispatchError {
         /// The ETag it was pinned to.
         etag: String,
     },
+    /// An approval names content an operator already rejected
+    /// (`deprovision reject`); nothing was enqueued.
+    #[error(
+        "manifest {manifest} ({manifest_id}) was rejected by {} at {}; it is never dispatched, not even with an approval; nothing was enqueued",
+        by.as_deref().unwrap_or("unknown"),
+        at.map_or_else(|| "an unknown time".to_owned(), |t| t.to_rfc3339())
+    )]
+    Rejected {
+        /// The manifest.
+        manifest: String,
+        /// Its `MANIFEST_ID`.
+        manifest_id: String,
+        /// Who rejected it.
+        by: Option<String>,
+        /// When.
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// The mass-deactivation breaker could not decide (e.g. the active-user
     /// count failed); nothing was enqueued.
     #[error("manifest {manifest}: the mass-deactivation breaker could not decide: {detail}")]
@@ -236,6 +253,11 @@ pub struct Approved {
     pub version_id: Option<String>,
     /// The ETag the hold read (used as `If-Match` when there is no version).
     pub etag: Option<String>,
+    /// Who approves, when the dispatch itself records the approval
+    /// (`run --approve`): the `approve` audit row is appended and the hold (if
+    /// any) marked approved before anything is enqueued. `None` when the
+    /// caller records it (`deprovision approve`).
+    pub by: Option<String>,
 }
 
 /// Most rejected records a [`DispatchReport`] lists, so that its memory stays
@@ -545,8 +567,11 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
     /// Dispatches a manifest an operator approved, bypassing the breaker: the
     /// first read is pinned to `approved`'s version (or ETag), and nothing is
     /// enqueued unless the content's SHA-256 equals `approved.sha256` (when
-    /// given). Errors: as [`Dispatcher::dispatch`], and
-    /// [`DispatchError::ContentChanged`].
+    /// given), nor when the breaker (if configured) records this content as
+    /// rejected. With `approved.by` the approval is audited before the first
+    /// message is enqueued; if that fails nothing is. Errors: as
+    /// [`Dispatcher::dispatch`], [`DispatchError::ContentChanged`],
+    /// [`DispatchError::Rejected`].
     pub async fn dispatch_approved(
         &self,
         source: &ManifestSource,
@@ -599,8 +624,8 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             .await
             .map_err(|e| DispatchError::Task(e.to_string()))?;
         let origin = self.origin(source, &pin);
-        let (first, sha256) = match first {
-            Ok(counted) => counted,
+        let (first, terminations, sha256) = match first {
+            Ok(counted) => (counted.summary, counted.terminations, counted.sha256),
             Err(ManifestError::Io(source)) => {
                 return Err(DispatchError::Io {
                     manifest: name,
@@ -640,6 +665,8 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                         found: sha256,
                     });
                 }
+                self.admit_approved(&name, &origin, &manifest_id, a, &first, dry_run, attempt)
+                    .await?;
                 info!(
                     manifest = name,
                     manifest_id, "approved manifest; the breaker is bypassed"
@@ -649,7 +676,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             None if dry_run => {}
             None => {
                 if let Some(report) = self
-                    .breaker_gate(&name, &origin, &pin, &sha256, &first, attempt)
+                    .breaker_gate(&name, &origin, &pin, &sha256, &first, terminations, attempt)
                     .await?
                 {
                     return Ok(report);
@@ -1156,6 +1183,70 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
     /// Asks the breaker (when on) whether this manifest may be dispatched. A hold
     /// is returned as the report (nothing enqueued), with a `held` audit row and
     /// an error-level log the first time it is held.
+    /// An approved dispatch's checks before anything is enqueued: content an
+    /// operator rejected is refused; an approval the dispatch records itself
+    /// (`approved.by`) is audited, then its hold marked approved.
+    #[allow(clippy::too_many_arguments)]
+    async fn admit_approved(
+        &self,
+        name: &str,
+        origin: &ManifestOrigin,
+        manifest_id: &str,
+        approved: &Approved,
+        first: &Summary,
+        dry_run: bool,
+        attempt: u32,
+    ) -> Result<(), DispatchError> {
+        let breaker_err = |e: breaker::BreakerError| DispatchError::Breaker {
+            manifest: name.to_owned(),
+            detail: e.to_string(),
+        };
+        if let Some(b) = &self.options.breaker
+            && let Some(h) = b.hold_of(manifest_id).await.map_err(breaker_err)?
+            && h.state == ManifestHoldState::Rejected
+        {
+            error!(
+                manifest = name,
+                manifest_id, "approval refused: this content was rejected; nothing enqueued"
+            );
+            return Err(DispatchError::Rejected {
+                manifest: name.to_owned(),
+                manifest_id: manifest_id.to_owned(),
+                by: h.decided_by,
+                at: h.decided_at,
+            });
+        }
+        let Some(by) = approved.by.as_deref().filter(|_| !dry_run) else {
+            return Ok(());
+        };
+        let mut row = breaker::manifest_row(
+            "approve",
+            Outcome::Scheduled,
+            true,
+            format!(
+                "manifest {manifest_id} run with --approve by {by}: dispatched bypassing the mass-deactivation breaker, {} records to enqueue",
+                first.valid
+            ),
+            origin.clone(),
+            Some(by.to_owned()),
+        );
+        row.attempt = attempt;
+        self.audit
+            .append(&row)
+            .await
+            .map_err(|e| DispatchError::Audit {
+                manifest: name.to_owned(),
+                detail: e.to_string(),
+            })?;
+        if let Some(b) = &self.options.breaker {
+            b.mark_approved(manifest_id, by)
+                .await
+                .map_err(breaker_err)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn breaker_gate(
         &self,
         name: &str,
@@ -1163,6 +1254,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         pin: &Pin,
         sha256: &str,
         first: &Summary,
+        terminations: u64,
         attempt: u32,
     ) -> Result<Option<DispatchReport>, DispatchError> {
         let Some(b) = &self.options.breaker else {
@@ -1176,7 +1268,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             version_id: pin.version_id.clone(),
             etag: pin.etag.clone(),
             sha256: sha256.to_owned(),
-            terminations: first.valid,
+            terminations,
             active_users: None,
             reason: String::new(),
             state: ManifestHoldState::Held,
@@ -1197,7 +1289,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         error!(
             manifest = name,
             manifest_id,
-            terminations = first.valid,
+            terminations,
             reason,
             "mass-deactivation breaker: manifest held whole, nothing enqueued; {how}"
         );
@@ -1552,5 +1644,190 @@ mod tests {
             (rows[0].action.as_str(), rows[0].outcome),
             ("manifest", Outcome::Invalid)
         );
+    }
+
+    async fn memory_store() -> crate::audit::AuditStore {
+        let store = crate::audit::AuditStore::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    fn breaker_of(store: &crate::audit::AuditStore, max: u64) -> Option<Arc<Breaker>> {
+        Some(Arc::new(Breaker::new(
+            breaker::Limits {
+                max_per_manifest: max,
+                max_share: 1.0,
+            },
+            None,
+            store.clone(),
+        )))
+    }
+
+    #[tokio::test]
+    async fn an_approval_never_dispatches_rejected_content() {
+        let file = manifest_file(
+            "externalId,terminationDate\nE1,2026-03-02\nE2,2026-03-02\n",
+            ".csv",
+        );
+        let source = ManifestSource::Local(file.path().into());
+        let store = memory_store().await;
+        let queue = MemoryQueue::new("t", Duration::from_secs(600));
+        let d = Dispatcher::new(
+            None,
+            queue.clone(),
+            Arc::new(store.clone()),
+            DispatchOptions {
+                breaker: breaker_of(&store, 1),
+                ..DispatchOptions::default()
+            },
+        );
+        let held = d.dispatch(&source, 1).await.unwrap();
+        let id = held.manifest_id.clone().unwrap();
+        assert!(held.held.is_some());
+        breaker::reject(&store, &id, "carol").await.unwrap();
+        for by in [Some("dave".to_owned()), None] {
+            let err = d
+                .dispatch_approved(
+                    &source,
+                    1,
+                    &Approved {
+                        by,
+                        ..Approved::default()
+                    },
+                )
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, DispatchError::Rejected { manifest_id, by, at, .. }
+                    if *manifest_id == id && by.as_deref() == Some("carol") && at.is_some()),
+                "{err:?}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(&id) && text.contains("rejected by carol"),
+                "{text}"
+            );
+        }
+        assert_eq!(queue.len(), 0);
+        let hold = store.held_manifest(&id).await.unwrap().unwrap();
+        assert_eq!(hold.state, ManifestHoldState::Rejected);
+    }
+
+    /// Records the queue's length when each row is appended; fails `approve`
+    /// rows when told to.
+    struct Watching {
+        queue: MemoryQueue,
+        fail_approve: bool,
+        rows: Mutex<Vec<(String, usize)>>,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("audit store down")]
+    struct Down;
+
+    impl AuditSink for Watching {
+        type Error = Down;
+        async fn append(&self, entry: &AuditEntry) -> Result<i64, Down> {
+            if self.fail_approve && entry.action == "approve" {
+                return Err(Down);
+            }
+            let mut rows = self.rows.lock().unwrap();
+            rows.push((entry.action.clone(), self.queue.len()));
+            Ok(rows.len() as i64)
+        }
+        async fn latest_terminal_outcome(
+            &self,
+            _: &IdempotencyKey,
+        ) -> Result<Option<Outcome>, Down> {
+            Ok(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_approval_is_audited_before_anything_is_enqueued() {
+        let file = manifest_file(
+            "externalId,terminationDate\nE1,2026-03-02\nE2,2026-03-02\n",
+            ".csv",
+        );
+        let source = ManifestSource::Local(file.path().into());
+        let store = memory_store().await;
+        // Held first, so the approval also decides the hold.
+        let d = Dispatcher::new(
+            None,
+            MemoryQueue::new("t", Duration::from_secs(600)),
+            Arc::new(store.clone()),
+            DispatchOptions {
+                breaker: breaker_of(&store, 1),
+                ..DispatchOptions::default()
+            },
+        );
+        let id = d.dispatch(&source, 1).await.unwrap().manifest_id.unwrap();
+        let approved = Approved {
+            by: Some("dave".into()),
+            ..Approved::default()
+        };
+        for fail_approve in [true, false] {
+            let queue = MemoryQueue::new("t", Duration::from_secs(600));
+            let sink = Arc::new(Watching {
+                queue: queue.clone(),
+                fail_approve,
+                rows: Mutex::new(Vec::new()),
+            });
+            let d = Dispatcher::new(
+                None,
+                queue.clone(),
+                sink.clone(),
+                DispatchOptions {
+                    breaker: breaker_of(&store, 1),
+                    ..DispatchOptions::default()
+                },
+            );
+            let result = d.dispatch_approved(&source, 1, &approved).await;
+            let hold = store.held_manifest(&id).await.unwrap().unwrap();
+            if fail_approve {
+                assert!(
+                    matches!(result, Err(DispatchError::Audit { .. })),
+                    "{result:?}"
+                );
+                assert_eq!(queue.len(), 0, "nothing enqueued without the approval row");
+                assert_eq!(hold.state, ManifestHoldState::Held);
+            } else {
+                assert_eq!(result.unwrap().enqueued, 2);
+                let rows = sink.rows.lock().unwrap();
+                assert_eq!(rows[0], ("approve".to_owned(), 0), "{rows:?}");
+                assert_eq!(hold.state, ManifestHoldState::Approved);
+                assert_eq!(hold.decided_by.as_deref(), Some("dave"));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn rehires_do_not_trip_the_breaker() {
+        let mut content = String::from("externalId,terminationDate,action\n");
+        for i in 0..8 {
+            let action = if i < 5 { "terminate" } else { "rehire" };
+            content.push_str(&format!("E{i},2026-03-02,{action}\n"));
+        }
+        let file = manifest_file(&content, ".csv");
+        let store = memory_store().await;
+        let queue = MemoryQueue::new("t", Duration::from_secs(600));
+        let d = Dispatcher::new(
+            None,
+            queue.clone(),
+            Arc::new(store.clone()),
+            DispatchOptions {
+                breaker: breaker_of(&store, 5),
+                ..DispatchOptions::default()
+            },
+        );
+        let report = d
+            .dispatch(&ManifestSource::Local(file.path().into()), 1)
+            .await
+            .unwrap();
+        assert_eq!(report.held, None);
+        assert_eq!(report.enqueued, 8);
+        assert_eq!(queue.len(), 8);
     }
 }

@@ -9,14 +9,16 @@
 //! name when the reference carries one. Genesys user references carry no display
 //! name, so configured names are also resolved to ids with a `displayName eq`
 //! group query (Genesys API description, getScimV2Groups), cached for
-//! [`Protection::refresh`] and looked up only when the user is in a group that did
-//! not already match. A lookup that fails fails the termination (it is retried),
-//! never lets it through.
+//! [`Protection::refresh`]. An entry that is not a UUID (Genesys group ids are)
+//! and matches no group by name or id fails closed: every termination fails
+//! with a reason naming it rather than protecting nobody, and
+//! [`Protection::verify`] lets commands refuse to start. A lookup that fails
+//! fails the termination (it is retried), never lets it through.
 //!
 //! Does not send mutating requests and does not audit (the engine returns the
 //! `protected` outcome; its caller records it).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,8 +37,11 @@ pub struct Protection {
     groups: HashSet<String>,
     groups_folded: HashSet<String>,
     refresh: Duration,
-    resolved: Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
+    resolved: Mutex<Option<(Instant, Arc<Resolved>)>>,
 }
+
+/// Resolved group names: group id → its display name (else the configured entry).
+type Resolved = HashMap<String, String>;
 
 /// Why a user is protected, for the audit row's `error_message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,8 +85,10 @@ fn split(list: Option<&str>) -> impl Iterator<Item = String> + '_ {
 
 impl Protection {
     /// The lists from their comma-separated settings (entries trimmed, empty
-    /// entries ignored). `users`: userIds and externalIds, matched exactly
-    /// (externalId is case-exact, RFC 7643 §3.1). `groups`: group ids (exact) or
+    /// entries ignored). `users`: userIds and externalIds, matched exactly and
+    /// case-sensitively: externalId is `caseExact` (RFC 7643 §3.1), and so are
+    /// Genesys user ids, so `e123` does not protect `E123` — list the exact
+    /// spelling HR sends. `groups`: group ids (exact) or
     /// display names (case-insensitive, as Genesys compares them in filters).
     /// `refresh`: how long resolved group names are cached.
     pub fn new(users: Option<&str>, groups: Option<&str>, refresh: Duration) -> Self {
@@ -128,7 +135,7 @@ impl Protection {
         {
             return Ok(Some(Reason::ExternalId(e.clone())));
         }
-        if self.groups.is_empty() || groups.is_empty() {
+        if self.groups.is_empty() {
             return Ok(None);
         }
         for g in groups {
@@ -147,21 +154,35 @@ impl Protection {
                 }));
             }
         }
+        // Resolved even for a user in no group: a name that matches no group
+        // must stop the termination, not protect nobody silently.
+        if self.groups.iter().all(|g| is_group_id(g)) {
+            return Ok(None);
+        }
         let resolved = self.resolved_ids(session).await?;
-        Ok(groups
-            .iter()
-            .find(|g| resolved.contains(&g.value))
-            .map(|g| Reason::Group {
+        Ok(groups.iter().find_map(|g| {
+            resolved.get(&g.value).map(|name| Reason::Group {
                 id: g.value.clone(),
-                listed_as: "a name in PROTECTED_GROUPS".into(),
-            }))
+                listed_as: name.clone(),
+            })
+        }))
     }
 
-    /// Group ids of the configured names, from the cache or looked up now.
-    async fn resolved_ids(
-        &self,
-        session: &mut Session<'_>,
-    ) -> Result<Arc<HashSet<String>>, ScimError> {
+    /// Resolves every configured group name now (ignoring the cache), for
+    /// start-up checks. Errors: [`ScimError::Config`] naming an entry that is
+    /// not a UUID and matches no group by display name or id; the SCIM error of
+    /// a failed lookup.
+    pub async fn verify(&self, session: &mut Session<'_>) -> Result<(), ScimError> {
+        *self
+            .resolved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.resolved_ids(session).await.map(|_| ())
+    }
+
+    /// Group ids of the configured names (id → name), from the cache or looked
+    /// up now. A non-UUID entry matching no group is an error (never cached).
+    async fn resolved_ids(&self, session: &mut Session<'_>) -> Result<Arc<Resolved>, ScimError> {
         if let Some((at, ids)) = self
             .resolved
             .lock()
@@ -171,8 +192,8 @@ impl Protection {
         {
             return Ok(ids.clone());
         }
-        let mut ids = HashSet::new();
-        for name in &self.groups {
+        let mut ids = HashMap::new();
+        for name in self.groups.iter().filter(|g| !is_group_id(g)) {
             let found = session.find_groups_by_display_name(name).await?;
             let exact: Vec<&Reference> = found
                 .iter()
@@ -183,9 +204,15 @@ impl Protection {
                 })
                 .collect();
             if exact.is_empty() && !found.iter().any(|g| g.value == *name) {
-                tracing::debug!(entry = %name, "PROTECTED_GROUPS entry matches no group by name (it may be an id)");
+                return Err(ScimError::Config(format!(
+                    "PROTECTED_GROUPS entry {name:?} matches no group (by display name or id); \
+                     nobody is deactivated until it is corrected or removed"
+                )));
             }
-            ids.extend(exact.into_iter().map(|g| g.value.clone()));
+            ids.extend(exact.into_iter().map(|g| {
+                let shown = g.display.clone().unwrap_or_else(|| name.clone());
+                (g.value.clone(), shown)
+            }));
         }
         let ids = Arc::new(ids);
         *self
@@ -195,6 +222,11 @@ impl Protection {
             Some((Instant::now(), ids.clone()));
         Ok(ids)
     }
+}
+
+/// Genesys group ids are UUIDs; such entries are taken as given, not looked up.
+fn is_group_id(entry: &str) -> bool {
+    uuid::Uuid::try_parse(entry).is_ok()
 }
 
 #[cfg(test)]

@@ -10,11 +10,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use deprovision::audit::{AuditStore, ManifestHoldState};
+use deprovision::audit::AuditStore;
 use deprovision::breaker;
 use deprovision::config::{AuditArgs, AwsArgs, PolicyArgs, SigningArgs};
-use deprovision::dispatch::{DispatchOptions, DispatchReport, Dispatcher, s3_client};
-use deprovision::domain::Outcome;
+use deprovision::dispatch::{DispatchOptions, Dispatcher, s3_client};
 use deprovision::queue::SqsQueue;
 use deprovision::queue::sqs::load_aws_config;
 
@@ -71,6 +70,13 @@ pub async fn approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
             hr_timezone: args.policy.hr_timezone,
             effective_at: args.policy.termination_effective_at,
             signing,
+            // Never consulted for a hold here (approvals bypass it); it lets the
+            // dispatcher refuse content rejected meanwhile.
+            breaker: Some(Arc::new(breaker::Breaker::new(
+                breaker::Limits::default(),
+                None,
+                store.clone(),
+            ))),
             ..DispatchOptions::default()
         },
     );
@@ -90,37 +96,4 @@ pub async fn reject(args: RejectArgs) -> anyhow::Result<ExitCode> {
     let held = result.with_context(|| format!("rejecting manifest {id}"))?;
     println!("{}", serde_json::to_string_pretty(&held)?);
     Ok(ExitCode::SUCCESS)
-}
-
-/// The audit of `run --approve`: an `approve` row naming who bypassed the
-/// breaker, and, when this content was held earlier, the hold marked approved.
-pub async fn record_run_approval(
-    store: &AuditStore,
-    report: &DispatchReport,
-    by: &str,
-) -> anyhow::Result<()> {
-    let id = report.manifest_id.as_deref().unwrap_or("-");
-    if let Some(held) = store.held_manifest(id).await.context("reading holds")?
-        && held.state == ManifestHoldState::Held
-    {
-        store
-            .decide_held_manifest(id, ManifestHoldState::Approved, by, chrono::Utc::now())
-            .await
-            .context("marking the hold approved")?;
-    }
-    store
-        .append(&breaker::manifest_row(
-            "approve",
-            Outcome::Scheduled,
-            true,
-            format!(
-                "manifest {id} run with --approve by {by}: dispatched bypassing the mass-deactivation breaker, {} terminations enqueued",
-                report.enqueued
-            ),
-            report.origin.clone(),
-            Some(by.to_owned()),
-        ))
-        .await
-        .context("auditing the approval")?;
-    Ok(())
 }

@@ -237,7 +237,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(e) => format!("unresolved ({e})"),
         },
     };
-    let engine = super::serve::protected_engine(engine, &args.protection);
+    let engine = match super::serve::protected_engine(engine, &args.protection).await {
+        Ok(engine) => engine,
+        Err(e) => {
+            if let Some(sim) = sim {
+                sim.shutdown().await;
+            }
+            return Err(e);
+        }
+    };
     let breaker = Arc::new(Breaker::new(
         limits,
         limits.checks_share().then(|| engine.client().clone()),
@@ -330,7 +338,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let dispatched = if args.approve {
         dispatcher
-            .dispatch_approved(&source, 1, &Approved::default())
+            .dispatch_approved(
+                &source,
+                1,
+                // The approval is audited (and the hold marked approved)
+                // before anything is enqueued.
+                &Approved {
+                    by: Some(args.by.clone()),
+                    ..Approved::default()
+                },
+            )
             .await
     } else {
         dispatcher.dispatch(&source, 1).await
@@ -360,9 +377,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
              (or `deprovision reject {id}` to discard it)"
         );
         return Ok(ExitCode::from(3));
-    }
-    if args.approve && !args.dry_run {
-        super::approve::record_run_approval(&audit, &report, &args.by).await?;
     }
     if args.dry_run && !args.approve {
         match breaker.assess(report.summary.valid).await {

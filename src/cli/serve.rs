@@ -78,14 +78,26 @@ pub fn breaker_scim(
 }
 
 /// The engine with the protected accounts of `protection`, logging what is
-/// protected (counts only).
-pub fn protected_engine(engine: Engine, protection: &ProtectionArgs) -> Engine {
+/// protected (counts only). Resolves the `PROTECTED_GROUPS` names once (one SCIM
+/// query per name, 60 s budget) so that a name matching no group stops the
+/// command at start-up instead of protecting nobody. Errors: an unresolvable
+/// name, or the lookup failing.
+pub async fn protected_engine(
+    engine: Engine,
+    protection: &ProtectionArgs,
+) -> anyhow::Result<Engine> {
     let p = protection.protection();
     let (users, groups) = p.counts();
     if !p.is_empty() {
         tracing::info!(users, groups, "protected accounts configured");
     }
-    engine.with_protection(Arc::new(p))
+    if groups > 0 {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        p.verify(&mut engine.client().session(deadline))
+            .await
+            .context("refusing to start: PROTECTED_GROUPS cannot be resolved")?;
+    }
+    Ok(engine.with_protection(Arc::new(p)))
 }
 
 /// The terminations queue and its dead-letter queue (from
@@ -256,7 +268,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let engine = protected_engine(
         Engine::from_args(&args.scim).context("SCIM client")?,
         &args.protection,
-    );
+    )
+    .await?;
     let breaker_scim = limits.checks_share().then(|| engine.client().clone());
     let engine = Arc::new(engine);
     let audit = Arc::new(AuditStore::open(&args.audit).await.context("audit store")?);

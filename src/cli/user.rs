@@ -103,7 +103,8 @@ pub async fn run(args: UserArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("give --external-id or --user-id");
     };
     let requested_at = chrono::Utc::now();
-    let engine = super::serve::protected_engine(Engine::from_args(&args.scim)?, &args.protection);
+    let engine =
+        super::serve::protected_engine(Engine::from_args(&args.scim)?, &args.protection).await?;
     // Open the audit store before touching the account: a change that cannot be
     // recorded must not be made.
     let store = AuditStore::open(&args.audit)

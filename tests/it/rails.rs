@@ -404,6 +404,13 @@ async fn protected_accounts_stay_active() {
     );
     assert!(protected.iter().any(|r| r.2.contains(&by_user_id)));
     assert!(protected.iter().any(|r| r.2.contains("PROTECTED_GROUPS")));
+    // The group's real name, not a placeholder.
+    assert!(
+        protected
+            .iter()
+            .any(|r| r.2.contains("member of group \"Break Glass\"")),
+        "{protected:?}"
+    );
 
     // `user`: refused, exit 1, outcome protected.
     let (status, out, _) = run_full(
@@ -770,4 +777,143 @@ async fn approve_refuses_a_manifest_changed_since_it_was_held() {
     let held = db.store.held_manifest(&id).await.unwrap().unwrap();
     assert_eq!(held.state, ManifestHoldState::Held);
     assert!(!rows(&db).await.iter().any(|r| r.0 == "approve"));
+}
+
+/// `run --approve` on content an operator rejected: refused with the id, who
+/// rejected it and when; exit non-zero; nothing deactivated, still rejected.
+#[tokio::test]
+async fn run_approve_refuses_a_rejected_manifest() {
+    let dir = tempfile::tempdir().expect("dir");
+    let recs = records("RJ", 6);
+    let path = dir.path().join("six.json");
+    std::fs::write(&path, json_manifest(&recs)).expect("write");
+    let db = format!("sqlite://{}", dir.path().join("sandbox.db").display());
+    let path = path.display().to_string();
+    let env = [
+        ("MAX_TERMINATIONS_PER_MANIFEST".to_owned(), "5".to_owned()),
+        ("DATABASE_URL".to_owned(), db.clone()),
+    ];
+    let args = [
+        "run",
+        "--sandbox",
+        "--sandbox-database-url",
+        &db,
+        "--format",
+        "json",
+        &path,
+    ];
+    let id = manifest_id(&json_manifest(&recs));
+
+    let (status, out, err) = run_full(&args, &env).await;
+    assert_eq!(status.code(), Some(3), "{out}\n{err}");
+    let (status, out, err) = run_full(&["reject", &id, "--by", "carol"], &env).await;
+    assert!(status.success(), "{out}\n{err}");
+
+    let mut approved = args.to_vec();
+    approved.extend(["--approve", "--by", "dave"]);
+    let (status, out, err) = run_full(&approved, &env).await;
+    assert_eq!(status.code(), Some(1), "{out}\n{err}");
+    assert!(err.contains(&id), "{err}");
+    assert!(err.contains("rejected by carol at 20"), "{err}");
+
+    let store = deprovision::audit::AuditStore::connect(&db)
+        .await
+        .expect("db");
+    let held = store.held_manifest(&id).await.unwrap().expect("held");
+    assert_eq!(held.state, ManifestHoldState::Rejected);
+    assert_eq!(held.decided_by.as_deref(), Some("carol"));
+    let rows = store.termination_rows(None, None).await.unwrap();
+    assert!(rows.is_empty(), "nobody was acted on: {rows:?}");
+}
+
+/// A `PROTECTED_GROUPS` name that matches no group fails closed: `user`, `run`
+/// and `serve` refuse to start naming it, and an engine carrying it fails the
+/// termination with a reason naming it; nobody is deactivated.
+#[tokio::test]
+async fn an_unresolvable_protected_group_fails_closed() {
+    let aws = aws().await;
+    let db = fresh_postgres().await;
+    let queues = aws.queues(5, 30).await;
+    let recs = records("PG", 2);
+    let (config, _) = sim_config(&recs);
+    let sim = start_sim(config).await;
+    let name = "Break Glass Admins";
+    let env = with(
+        &env_for(&sim, &db.url, &queues),
+        &[("PROTECTED_GROUPS", name)],
+    );
+
+    let (status, out, err) = run_full(
+        &["user", "--external-id", "PG0001", "--format", "json"],
+        &env,
+    )
+    .await;
+    assert!(!status.success(), "{out}\n{err}");
+    assert!(
+        err.contains(name) && err.contains("matches no group"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("m.json");
+    std::fs::write(&path, json_manifest(&recs)).expect("write");
+    let (status, out, err) = run_full(&["run", &path.display().to_string()], &env).await;
+    assert!(!status.success(), "{out}\n{err}");
+    assert!(err.contains(name), "{err}");
+
+    let serve = tokio::process::Command::new(bin())
+        .arg("serve")
+        .envs(env.iter().cloned())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), serve)
+        .await
+        .expect("serve must refuse to start, not run")
+        .expect("run serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(name), "{err}");
+
+    // Past start-up (e.g. the group renamed later): the termination fails.
+    let scim = deprovision::config::ScimArgs {
+        genesys_region: None,
+        genesys_org_url: None,
+        genesys_api_url: Some(sim.base_url()),
+        genesys_login_url: None,
+        primary_client_id: Some(PRIMARY.0.into()),
+        primary_client_secret: Some(SecretString::from(PRIMARY.1)),
+        elevated_client_id: Some(ELEVATED.0.into()),
+        elevated_client_secret: Some(SecretString::from(ELEVATED.1)),
+        scim_base_url: None,
+        scim_bearer_token: None,
+        rate_limit_per_minute: std::num::NonZeroU32::new(60_000).expect("rate"),
+        remove_roles: false,
+        scim_timeout_secs: 30,
+    };
+    let engine = deprovision::engine::Engine::from_args(&scim)
+        .expect("engine")
+        .with_protection(std::sync::Arc::new(deprovision::protect::Protection::new(
+            None,
+            Some(name),
+            deprovision::protect::DEFAULT_REFRESH,
+        )));
+    let report = deprovision::engine::Deprovision::deprovision(
+        &engine,
+        &deprovision::engine::Request {
+            external_id: ExternalId::parse("PG0002").expect("id"),
+            user_id: None,
+            dry_run: false,
+            deadline: tokio::time::Instant::now() + Duration::from_secs(60),
+        },
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+    assert!(
+        report.detail.as_deref().unwrap_or_default().contains(name),
+        "{report:?}"
+    );
+    for e in ["PG0001", "PG0002"] {
+        assert!(sim.users_by_external_id(e)[0].active, "{e} stays active");
+    }
+    assert_eq!(sim.stats().count(ResourceKind::User, "PATCH"), 0);
 }
