@@ -456,6 +456,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let (decisions, more) = journal.finish();
+    // A rerun that finds people an earlier run dead-lettered still fails: they
+    // are still not deprovisioned, and a scheduler must not read it as done.
+    let failed = failed
+        + decisions
+            .iter()
+            .filter(|d| d.earlier && d.outcome.is_dead_lettered())
+            .count() as u64;
     if args.dry_run && args.format == Format::Json {
         let settings = PlanSettings {
             scim_target,
@@ -710,7 +717,11 @@ fn render_text(s: &Summary, decisions: &[Decision]) -> String {
         );
     }
     if s.failed > 0 {
-        let _ = writeln!(out, "{} termination(s) failed", s.failed);
+        let _ = writeln!(
+            out,
+            "{} termination(s) failed or still need review from an earlier run",
+            s.failed
+        );
     }
     out
 }
