@@ -153,12 +153,13 @@ pub trait HoldSink: AuditSink {
         key: &IdempotencyKey,
     ) -> impl Future<Output = Result<Option<Supersession>, Self::Error>> + Send;
 
-    /// The latest rehire of `external_id` effective at or after `effective_at`,
-    /// whenever recorded (a stale termination). Default: none (fakes).
+    /// The latest rehire that makes this termination stale (see
+    /// [`crate::audit::AuditStore::rehired_since`]). Default: none (fakes).
     fn rehired_since(
         &self,
         _external_id: &str,
         _effective_at: DateTime<Utc>,
+        _origin: &ManifestOrigin,
     ) -> impl Future<Output = Result<Option<Supersession>, Self::Error>> + Send {
         std::future::ready(Ok(None))
     }
@@ -169,8 +170,9 @@ impl HoldSink for crate::audit::AuditStore {
         &self,
         external_id: &str,
         effective_at: DateTime<Utc>,
+        origin: &ManifestOrigin,
     ) -> Result<Option<Supersession>, Self::Error> {
-        crate::audit::AuditStore::rehired_since(self, external_id, effective_at).await
+        crate::audit::AuditStore::rehired_since(self, external_id, effective_at, origin).await
     }
 
     async fn place_hold(&self, hold: &NewHold, now: DateTime<Utc>) -> Result<Placed, Self::Error> {
@@ -851,62 +853,6 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
             return step;
         }
 
-        if termination.record.action == RecordAction::Rehire {
-            let step = self.rehire(message, &termination, started).await;
-            self.notify(&step, Some(&termination), None, |_| {});
-            return step;
-        }
-
-        let now = self.options.clock.now();
-        if let Some(reason) =
-            too_far_ahead(termination.effective_at, now, self.options.max_future_days)
-        {
-            warn!(effective_at = %termination.effective_at, "too far ahead; refused");
-            let mut entry = self.entry(message, Some(&termination), Outcome::Invalid, started);
-            entry.error_message = Some(reason.clone());
-            let step = self.dead_letter(message, entry, &reason).await;
-            self.notify(&step, Some(&termination), None, |d| d.reason = Some(reason));
-            return step;
-        }
-
-        // A rehire audited after this termination was first seen withdraws it
-        // (e.g. a hold released while the rehire was cancelling it, or a retry),
-        // and so does a rehire effective on or after this termination's time,
-        // whenever it was recorded (this termination is stale).
-        let external_id = termination.record.external_id.as_str();
-        let superseding = match self.audit.supersession(external_id, &key).await {
-            Ok(None) => {
-                self.audit
-                    .rehired_since(external_id, termination.effective_at)
-                    .await
-            }
-            other => other,
-        };
-        match superseding {
-            Ok(Some(s)) if s.action == RecordAction::Rehire.as_str() => {
-                let step = self
-                    .rescind(message, &termination, &s.reason(), started)
-                    .await;
-                self.notify(&step, Some(&termination), None, |d| {
-                    d.reason = Some(s.reason());
-                });
-                return step;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                return self
-                    .retry(message, format!("audit store unreadable: {e}"), None)
-                    .await;
-            }
-        }
-
-        let not_due = termination.effective_at > now;
-        if not_due && !self.options.dry_run {
-            let step = self.hold_durably(message, &termination, now, started).await;
-            self.notify(&step, Some(&termination), None, |_| {});
-            return step;
-        }
-
         if !lock(&self.busy).insert(key.clone()) {
             return self
                 .person_busy(
@@ -915,7 +861,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
                 )
                 .await;
         }
-        let step = self.claimed(message, &termination, started, not_due).await;
+        let step = self.claimed(message, &termination, started).await;
         lock(&self.busy).remove(&key);
         step
     }
@@ -979,10 +925,9 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
         message: &ReceivedMessage,
         termination: &TerminationMessage,
         started: Instant,
-        not_due: bool,
     ) -> Step {
         if self.options.dry_run {
-            return self.attempt(message, termination, started, not_due).await;
+            return self.decide(message, termination, started).await;
         }
         let person = termination.record.external_id.as_str();
         let owner = format!(
@@ -1009,12 +954,82 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
         // audit check and the claim.
         let step = match self.finished_before(message, termination).await {
             Some(step) => step,
-            None => self.attempt(message, termination, started, not_due).await,
+            None => self.decide(message, termination, started).await,
         };
         if let Err(e) = self.audit.release_claim(person, &owner).await {
             warn!(error = %e, "could not release the claim; it lapses with its lease");
         }
         step
+    }
+
+    /// Under the person's claim (so that a rehire and a termination of one
+    /// person are never decided at once): a rehire is recorded; a termination
+    /// too far ahead is refused, one superseded by a rehire is rescinded, one not
+    /// yet due is held, and a due one is attempted.
+    async fn decide(
+        &self,
+        message: &ReceivedMessage,
+        termination: &TerminationMessage,
+        started: Instant,
+    ) -> Step {
+        let key = termination.idempotency_key.clone();
+        if termination.record.action == RecordAction::Rehire {
+            let step = self.rehire(message, termination, started).await;
+            self.notify(&step, Some(termination), None, |_| {});
+            return step;
+        }
+
+        let now = self.options.clock.now();
+        if let Some(reason) =
+            too_far_ahead(termination.effective_at, now, self.options.max_future_days)
+        {
+            warn!(effective_at = %termination.effective_at, "too far ahead; refused");
+            let mut entry = self.entry(message, Some(termination), Outcome::Invalid, started);
+            entry.error_message = Some(reason.clone());
+            let step = self.dead_letter(message, entry, &reason).await;
+            self.notify(&step, Some(termination), None, |d| d.reason = Some(reason));
+            return step;
+        }
+
+        // A rehire audited after this termination was first seen withdraws it
+        // (e.g. a hold released while the rehire was cancelling it, or a retry),
+        // and so does a rehire effective on or after this termination's time,
+        // whenever it was recorded (this termination is stale).
+        let external_id = termination.record.external_id.as_str();
+        let superseding = match self.audit.supersession(external_id, &key).await {
+            Ok(None) => {
+                self.audit
+                    .rehired_since(external_id, termination.effective_at, &termination.origin)
+                    .await
+            }
+            other => other,
+        };
+        match superseding {
+            Ok(Some(s)) if s.action == RecordAction::Rehire.as_str() => {
+                let step = self
+                    .rescind(message, termination, &s.reason(), started)
+                    .await;
+                self.notify(&step, Some(termination), None, |d| {
+                    d.reason = Some(s.reason());
+                });
+                return step;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return self
+                    .retry(message, format!("audit store unreadable: {e}"), None)
+                    .await;
+            }
+        }
+
+        let not_due = termination.effective_at > now;
+        if not_due && !self.options.dry_run {
+            let step = self.hold_durably(message, termination, now, started).await;
+            self.notify(&step, Some(termination), None, |_| {});
+            return step;
+        }
+
+        self.attempt(message, termination, started, not_due).await
     }
 
     /// Runs the engine and acts on its report.
@@ -2005,7 +2020,7 @@ async fn revalidate<A: HoldSink>(
     {
         Some(s) => Some(s),
         None => audit
-            .rehired_since(external_id, t.effective_at)
+            .rehired_since(external_id, t.effective_at, &t.origin)
             .await
             .map_err(|e| e.to_string())?,
     };
@@ -2886,7 +2901,7 @@ mod tests {
             lock(&shared.inflight)
                 .insert(message.message_id.clone(), message.receipt_handle.clone());
             shared
-                .claimed(&message, &termination, Instant::now(), false)
+                .claimed(&message, &termination, Instant::now())
                 .await
         };
         assert_eq!(step, Step::AlreadyDone(Outcome::Deactivated));

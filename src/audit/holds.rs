@@ -667,14 +667,17 @@ impl AuditStore {
 }
 
 impl AuditStore {
-    /// The latest rehire of `external_id` effective at or after `effective_at`,
-    /// whenever it was recorded: a termination that arrives after the person was
-    /// rehired on a later (or the same) date is stale and must not lock them out.
-    /// `dry_run` rows do not count. Errors: [`AuditError::Read`].
+    /// The latest rehire of `external_id` that makes a termination effective at
+    /// `effective_at`, from manifest record `origin`, stale: a rehire effective at
+    /// or after that time, whenever it was recorded (the person must not be
+    /// locked out), or a later record of the same manifest (the file's order
+    /// decides, whichever message is handled first). `dry_run` rows do not
+    /// count. Errors: [`AuditError::Read`].
     pub async fn rehired_since(
         &self,
         external_id: &str,
         effective_at: DateTime<Utc>,
+        origin: &crate::audit::ManifestOrigin,
     ) -> Result<Option<Supersession>, AuditError> {
         let read = |source| AuditError::Read {
             what: "rehires",
@@ -683,13 +686,23 @@ impl AuditStore {
         const SQL: &str = "SELECT id, action, outcome, manifest_bucket, manifest_key, created_at, effective_at \
              FROM scim_audit_log \
              WHERE external_id = $1 AND action = 'rehire' AND outcome <> 'dry_run' \
-               AND effective_at >= $2 \
+               AND (effective_at >= $2 \
+                 OR (manifest_bucket = $3 AND manifest_key = $4 \
+                     AND COALESCE(manifest_version, '') = $5 AND manifest_index > $6)) \
              ORDER BY id DESC LIMIT 1";
         match &self.backend {
             Backend::Postgres(s) => {
                 let row: Option<SupersedingRow<DateTime<Utc>>> = sqlx::query_as(SQL)
                     .bind(external_id)
                     .bind(effective_at)
+                    .bind(&origin.bucket)
+                    .bind(&origin.key)
+                    .bind(origin.version.as_deref().unwrap_or(""))
+                    .bind(
+                        origin
+                            .index
+                            .map_or(i64::MAX, |i| i64::try_from(i).unwrap_or(i64::MAX)),
+                    )
                     .fetch_optional(s.pool())
                     .await
                     .map_err(read)?;
@@ -707,6 +720,14 @@ impl AuditStore {
                 let row: Option<SupersedingRow<String>> = sqlx::query_as(SQL)
                     .bind(external_id)
                     .bind(crate::audit::chain::instant_text(effective_at))
+                    .bind(&origin.bucket)
+                    .bind(&origin.key)
+                    .bind(origin.version.as_deref().unwrap_or(""))
+                    .bind(
+                        origin
+                            .index
+                            .map_or(i64::MAX, |i| i64::try_from(i).unwrap_or(i64::MAX)),
+                    )
                     .fetch_optional(s.pool())
                     .await
                     .map_err(read)?;

@@ -796,3 +796,48 @@ async fn a_termination_dated_before_a_recorded_rehire_is_rescinded_and_listed() 
     assert!(listed.contains("earlier run"), "{listed}");
     assert!(!out.contains("RH0002"), "a success is not listed: {out}");
 }
+
+/// A future termination and, later in the same manifest, a rehire of the same
+/// person dated before it: whichever message is handled first, the file's order
+/// wins and nothing stays held (the person is never deactivated).
+#[tokio::test]
+async fn a_later_rehire_in_the_same_manifest_wins_whatever_the_order_handled() {
+    let due = (Utc::now() + chrono::Duration::days(20)).date_naive();
+    let rehired = (Utc::now() + chrono::Duration::days(1)).date_naive();
+    for round in 0..4 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db_url = format!("sqlite://{}", dir.path().join("sandbox.db").display());
+        let manifest = dir.path().join("m.csv");
+        std::fs::write(
+            &manifest,
+            format!(
+                "externalId,terminationDate,action\nSM0001,{due},terminate\nSM0001,{rehired},rehire\nSM0002,2026-01-05,terminate\n"
+            ),
+        )
+        .expect("write manifest");
+        let manifest = manifest.display().to_string();
+        let env = vec![
+            ("HR_TIMEZONE".to_owned(), "UTC".to_owned()),
+            ("CONCURRENCY".to_owned(), "8".to_owned()),
+        ];
+        let (status, out) = run_bin(
+            &[
+                "run",
+                "--sandbox",
+                "--sandbox-database-url",
+                db_url.as_str(),
+                manifest.as_str(),
+            ],
+            &env,
+        )
+        .await;
+        assert!(status.success(), "round {round}: {out}");
+        let store = AuditStore::connect(&db_url).await.expect("store");
+        let pending = store.pending_holds().await.expect("holds");
+        assert!(
+            pending.is_empty(),
+            "round {round}: a hold survived the later rehire: {pending:?}\n{out}"
+        );
+        store.close().await;
+    }
+}
