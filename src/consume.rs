@@ -2900,9 +2900,7 @@ mod tests {
             f.consumer.ensure_deleter();
             lock(&shared.inflight)
                 .insert(message.message_id.clone(), message.receipt_handle.clone());
-            shared
-                .claimed(&message, &termination, Instant::now())
-                .await
+            shared.claimed(&message, &termination, Instant::now()).await
         };
         assert_eq!(step, Step::AlreadyDone(Outcome::Deactivated));
         assert_eq!(f.engine.calls("E1"), 0);
