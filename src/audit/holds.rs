@@ -623,15 +623,7 @@ impl AuditStore {
                     .fetch_optional(s.pool())
                     .await
                     .map_err(read)?;
-                Ok(row.map(
-                    |(_, action, outcome, bucket, mkey, at, effective_at)| Supersession {
-                        action,
-                        outcome,
-                        manifest: manifest_name(bucket, mkey),
-                        at,
-                        effective_at,
-                    },
-                ))
+                Ok(row.map(superseding_pg))
             }
             Backend::Sqlite(s) => {
                 let row: Option<SupersedingRow<String>> =
@@ -649,18 +641,7 @@ impl AuditStore {
                     .fetch_optional(s.pool())
                     .await
                     .map_err(read)?;
-                row.map(|(id, action, outcome, bucket, mkey, at, effective_at)| {
-                    Ok(Supersession {
-                        action,
-                        outcome,
-                        manifest: manifest_name(bucket, mkey),
-                        at: parse_instant(id, "created_at", &at)?,
-                        effective_at: effective_at
-                            .map(|t| parse_instant(id, "effective_at", &t))
-                            .transpose()?,
-                    })
-                })
-                .transpose()
+                row.map(superseding_sqlite).transpose()
             }
         }
     }
@@ -706,15 +687,7 @@ impl AuditStore {
                     .fetch_optional(s.pool())
                     .await
                     .map_err(read)?;
-                Ok(row.map(
-                    |(_, action, outcome, bucket, mkey, at, effective_at)| Supersession {
-                        action,
-                        outcome,
-                        manifest: manifest_name(bucket, mkey),
-                        at,
-                        effective_at,
-                    },
-                ))
+                Ok(row.map(superseding_pg))
             }
             Backend::Sqlite(s) => {
                 let row: Option<SupersedingRow<String>> = sqlx::query_as(SQL)
@@ -731,21 +704,34 @@ impl AuditStore {
                     .fetch_optional(s.pool())
                     .await
                     .map_err(read)?;
-                row.map(|(id, action, outcome, bucket, mkey, at, effective_at)| {
-                    Ok(Supersession {
-                        action,
-                        outcome,
-                        manifest: manifest_name(bucket, mkey),
-                        at: parse_instant(id, "created_at", &at)?,
-                        effective_at: effective_at
-                            .map(|t| parse_instant(id, "effective_at", &t))
-                            .transpose()?,
-                    })
-                })
-                .transpose()
+                row.map(superseding_sqlite).transpose()
             }
         }
     }
+}
+
+fn superseding_pg(row: SupersedingRow<DateTime<Utc>>) -> Supersession {
+    let (_, action, outcome, bucket, key, at, effective_at) = row;
+    Supersession {
+        action,
+        outcome,
+        manifest: manifest_name(bucket, key),
+        at,
+        effective_at,
+    }
+}
+
+fn superseding_sqlite(row: SupersedingRow<String>) -> Result<Supersession, AuditError> {
+    let (id, action, outcome, bucket, key, at, effective_at) = row;
+    Ok(Supersession {
+        action,
+        outcome,
+        manifest: manifest_name(bucket, key),
+        at: parse_instant(id, "created_at", &at)?,
+        effective_at: effective_at
+            .map(|t| parse_instant(id, "effective_at", &t))
+            .transpose()?,
+    })
 }
 
 /// id, action, outcome, manifest bucket, manifest key, created_at, effective_at
