@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: typed settings from flags, environment and `.env`; the only reader
 //!   of the environment.
-//! - [`telemetry`]: tracing subscriber set-up (human or JSON lines).
+//! - [`telemetry`]: logs (text or JSON lines), OpenTelemetry traces and metrics
+//!   over OTLP, `/metrics`, and the pipeline's spans.
 //! - [`domain`]: parsed types every stage shares (ids, record, idempotency key,
 //!   outcome).
 //! - [`manifest`]: streams an HR manifest (JSON array, NDJSON, CSV) into validated
@@ -31,7 +32,8 @@
 //! - [`audit`]: the append-only, hash-chained audit store (PostgreSQL, SQLite),
 //!   and the cross-process claims on a person.
 //! - [`plan`]: per-person results of a run and a dry run's reviewable plan.
-//! - [`report`]: the weekly compliance summary and the evidence export.
+//! - [`report`]: the weekly compliance summary, the evidence export and the list
+//!   of pending holds.
 //! - [`sim`]: the Genesys Cloud SCIM simulator (`deprovision simulate`).
 
 pub mod audit;

@@ -1,4 +1,5 @@
-//! `deprovision run MANIFEST [--sandbox] [--dry-run]`: the embedded default. One
+//! `deprovision run MANIFEST [--sandbox] [--dry-run] [--approve]`: the embedded
+//! default. One
 //! process runs the whole path on a local file or `s3://` object — the same
 //! dispatcher, an in-process queue (with a dead-letter queue and redrive), the
 //! same consumer pool and engine, and the audit store — then prints a summary
@@ -11,8 +12,10 @@
 //! up to 1,000 in JSON. `--dry-run --format json` prints the plan instead: one
 //! document a reviewer can approve ([`PlanDocument`]).
 //!
-//! Exit status: 0 when the manifest reconciles and no termination failed
-//! (`failed`, `forbidden`); 1 otherwise; 2 when the manifest was rejected whole.
+//! Exit status: 0 when the manifest reconciles and nobody was dead-lettered, in
+//! this run or an earlier one (`ambiguous`, `identity_mismatch`, `invalid`,
+//! `forbidden`, `failed`); 1 otherwise (also when interrupted); 2 when the
+//! manifest was rejected whole; 3 when the mass-deactivation breaker holds it.
 
 use std::io::IsTerminal;
 use std::net::{Ipv4Addr, SocketAddr};
