@@ -252,11 +252,6 @@ impl Breaker {
         }
     }
 
-    /// The limits.
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// The hold (or decision) recorded for `manifest_id`, if any. Errors: the
     /// store.
     pub async fn hold_of(&self, manifest_id: &str) -> Result<Option<HeldManifest>, BreakerError> {
@@ -446,31 +441,11 @@ pub async fn approve<Q: Queue, A: AuditSink>(
         sha256: Some(held.sha256.clone()),
         version_id: held.version_id.clone(),
         etag: held.etag.clone(),
-        by: None,
+        // The approval row and the hold's new state are written by the
+        // dispatcher before anything is enqueued.
+        by: Some(by.to_owned()),
     };
     let dispatch = dispatcher.dispatch_approved(&source, 1, &approved).await?;
-    let decided = store
-        .decide_held_manifest(id, ManifestHoldState::Approved, by, Utc::now())
-        .await?;
-    if !decided {
-        tracing::warn!(
-            manifest_id = id,
-            "the hold was decided by someone else while this approval dispatched; duplicates are harmless (idempotency keys)"
-        );
-    }
-    store
-        .append(&manifest_row(
-            "approve",
-            Outcome::Scheduled,
-            true,
-            format!(
-                "manifest {id} approved by {by}: {} terminations enqueued (held because {})",
-                dispatch.enqueued, held.reason
-            ),
-            origin_of(&held),
-            Some(by.to_owned()),
-        ))
-        .await?;
     tracing::info!(
         manifest_id = id,
         by,

@@ -1180,9 +1180,6 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         })
     }
 
-    /// Asks the breaker (when on) whether this manifest may be dispatched. A hold
-    /// is returned as the report (nothing enqueued), with a `held` audit row and
-    /// an error-level log the first time it is held.
     /// An approved dispatch's checks before anything is enqueued: content an
     /// operator rejected is refused; an approval the dispatch records itself
     /// (`approved.by`) is audited, then its hold marked approved.
@@ -1224,7 +1221,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             Outcome::Scheduled,
             true,
             format!(
-                "manifest {manifest_id} run with --approve by {by}: dispatched bypassing the mass-deactivation breaker, {} records to enqueue",
+                "manifest {manifest_id} approved by {by}: dispatched bypassing the mass-deactivation breaker, {} records to enqueue",
                 first.valid
             ),
             origin.clone(),
@@ -1246,6 +1243,9 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         Ok(())
     }
 
+    /// Asks the breaker (when on) whether this manifest may be dispatched. A hold
+    /// is returned as the report (nothing enqueued), with a `held` audit row and
+    /// an error-level log the first time it is held.
     #[allow(clippy::too_many_arguments)]
     async fn breaker_gate(
         &self,

@@ -262,11 +262,6 @@ impl MessageAuth {
             Self::Hmac(ring) => ring.verify(body, attributes).map(Some),
         }
     }
-
-    /// True when messages are signed and verified.
-    pub fn is_on(&self) -> bool {
-        matches!(self, Self::Hmac(_))
-    }
 }
 
 #[cfg(test)]
