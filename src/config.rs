@@ -137,7 +137,8 @@ impl HoldArgs {
 /// credential chain — are read by the SDK itself).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AwsArgs {
-    /// Bucket of the seed's single-manifest mode.
+    /// Bucket of the seed's single-manifest mode (`deprovision dispatch` without
+    /// an argument).
     #[arg(long, env = "S3_BUCKET")]
     pub s3_bucket: Option<String>,
     /// Key of the seed's single-manifest mode.

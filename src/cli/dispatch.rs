@@ -21,7 +21,8 @@ use deprovision::queue::{MemoryQueue, SqsQueue};
 #[derive(Debug, clap::Args)]
 pub struct DispatchArgs {
     /// The manifest, `s3://bucket/key` (the key as stored, not URL-encoded).
-    pub manifest: String,
+    /// Default: the seed's single-manifest mode, `s3://$S3_BUCKET/$S3_MANIFEST_KEY`.
+    pub manifest: Option<String>,
     /// A specific object version.
     #[arg(long)]
     pub version_id: Option<String>,
@@ -48,7 +49,18 @@ pub struct DispatchArgs {
 /// as a whole (audited; nothing enqueued), 3 when the mass-deactivation breaker
 /// held it (audited; nothing enqueued; `deprovision approve MANIFEST_ID`).
 pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
-    let mut source = ManifestSource::parse(&args.manifest)?;
+    let manifest = match (
+        &args.manifest,
+        &args.aws.s3_bucket,
+        &args.aws.s3_manifest_key,
+    ) {
+        (Some(m), _, _) => m.clone(),
+        (None, Some(bucket), Some(key)) => format!("s3://{bucket}/{key}"),
+        (None, _, _) => anyhow::bail!(
+            "dispatch needs a manifest: s3://bucket/key, or S3_BUCKET and S3_MANIFEST_KEY (the seed's single-manifest mode)"
+        ),
+    };
+    let mut source = ManifestSource::parse(&manifest)?;
     match &mut source {
         ManifestSource::S3(object) => object.version_id = args.version_id.clone(),
         ManifestSource::Local(_) if args.dry_run => {}

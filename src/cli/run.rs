@@ -65,10 +65,12 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Dispatch even if the mass-deactivation breaker would hold the manifest
-    /// (audited as approved by the OS user).
+    /// (audited as approved by `--by`, before anything is enqueued); refused for
+    /// content an operator rejected.
     #[arg(long)]
     pub approve: bool,
-    /// Who approves with `--approve` (recorded in the audit; default: the OS user).
+    /// Who approves with `--approve` (recorded in the audit; default: `USER`,
+    /// else `operator`).
     #[arg(long, env = "USER", default_value = "operator")]
     pub by: String,
     #[command(flatten)]
