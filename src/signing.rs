@@ -173,11 +173,13 @@ impl Keyring {
     }
 
     fn mac(key: &Key) -> HmacSha256 {
-        // HMAC accepts keys of any length; new_from_slice cannot fail for it.
-        match HmacSha256::new_from_slice(key.secret.expose_secret().as_bytes()) {
-            Ok(m) => m,
-            Err(_) => HmacSha256::new(&Default::default()),
-        }
+        // Keyed per message (two SHA-256 blocks) so that the key stays in its
+        // zeroizing SecretString rather than in a long-lived HMAC state. HMAC
+        // accepts keys of any length: this cannot fail, and a silent fallback
+        // key would be worse than stopping.
+        #[allow(clippy::expect_used)]
+        HmacSha256::new_from_slice(key.secret.expose_secret().as_bytes())
+            .expect("HMAC-SHA256 accepts keys of any length")
     }
 
     /// The signature attributes for `body`: the first key's id and the lowercase
