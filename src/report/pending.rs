@@ -34,14 +34,10 @@ pub struct PendingRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PendingReport {
     /// The zone of `due_at_local`.
-    #[serde(serialize_with = "tz_name")]
+    #[serde(serialize_with = "super::weekly::tz_name")]
     pub tz: Tz,
     /// The holds.
     pub holds: Vec<PendingRow>,
-}
-
-fn tz_name<S: serde::Serializer>(tz: &Tz, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(tz.name())
 }
 
 const HEADERS: [&str; 7] = [
@@ -106,15 +102,7 @@ impl PendingReport {
 
     /// CSV (RFC 4180) with a header row. Errors: [`ReportError::Csv`].
     pub fn to_csv(&self) -> Result<String, ReportError> {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        w.write_record(HEADERS)?;
-        for r in &self.holds {
-            w.write_record(Self::cells(r))?;
-        }
-        let bytes = w
-            .into_inner()
-            .map_err(|e| ReportError::Csv(csv::Error::from(e.into_error())))?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        super::render::csv_text(&HEADERS, self.holds.iter().map(Self::cells))
     }
 
     /// An aligned table, headed by the count and zone; the key is left out

@@ -54,7 +54,9 @@ fn week_cells(w: &WeekRow) -> Vec<String> {
     ]
 }
 
-fn csv_text<I, R>(headers: &[&str], rows: I) -> Result<String, ReportError>
+/// RFC 4180 CSV with a header row (also used by `pending`). Errors:
+/// [`ReportError::Csv`].
+pub(super) fn csv_text<I, R>(headers: &[&str], rows: I) -> Result<String, ReportError>
 where
     I: IntoIterator<Item = R>,
     R: IntoIterator<Item = String>,

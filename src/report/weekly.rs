@@ -72,7 +72,8 @@ pub struct WeeklyReport {
     pub chain_head: Option<ChainHead>,
 }
 
-fn tz_name<S: serde::Serializer>(tz: &Tz, s: S) -> Result<S::Ok, S::Error> {
+/// Serializes a zone as its IANA name (also used by `pending`).
+pub(super) fn tz_name<S: serde::Serializer>(tz: &Tz, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(tz.name())
 }
 
