@@ -240,6 +240,9 @@ pub struct DispatchReport {
     /// Why the mass-deactivation breaker held it, when it did (nothing was
     /// enqueued; `deprovision approve MANIFEST_ID` releases it).
     pub held: Option<String>,
+    /// Distinct valid terminations the first pass counted (rehires excluded):
+    /// the number the mass-deactivation breaker judges.
+    pub terminations: u64,
 }
 
 /// An operator's approval of a held manifest: dispatch bypassing the breaker,
@@ -647,6 +650,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                     sha256: None,
                     manifest_id: None,
                     held: None,
+                    terminations: 0,
                 };
                 self.audit_manifest(&report, attempt, dry_run).await?;
                 return Ok(report);
@@ -900,6 +904,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             sha256: Some(sha256),
             manifest_id: Some(manifest_id),
             held: None,
+            terminations,
         };
         self.audit_manifest(&report, attempt, dry_run).await?;
         info!(
@@ -1322,6 +1327,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             sha256: Some(sha256.to_owned()),
             manifest_id: Some(manifest_id),
             held: Some(reason),
+            terminations,
         }))
     }
 

@@ -384,7 +384,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(3));
     }
     if args.dry_run && !args.approve {
-        match breaker.assess(report.summary.valid).await {
+        match breaker.assess(report.terminations).await {
             Ok((Some(reason), _)) => eprintln!(
                 "dry run: a real run would be held by the mass-deactivation breaker ({reason}); it would need --approve"
             ),
