@@ -9,6 +9,7 @@ use std::ops::Range;
 use std::str::FromStr;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sqlx::sqlite::{
@@ -60,14 +61,28 @@ impl SqliteStore {
                 .connect_with(options)
                 .await
         } else {
-            SqlitePoolOptions::new()
-                .max_connections(4)
-                .connect_with(
-                    options
-                        .create_if_missing(create)
-                        .journal_mode(SqliteJournalMode::Wal),
-                )
-                .await
+            let options = options
+                .create_if_missing(create)
+                .journal_mode(SqliteJournalMode::Wal);
+            let open = || {
+                SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options.clone())
+            };
+            // Two processes opening a new file at once both read it, then both
+            // need the exclusive lock to switch it to WAL: SQLite sees the
+            // deadlock and answers BUSY at once instead of calling the busy
+            // handler (https://sqlite.org/c3ref/busy_handler.html). Its remedy
+            // is to start again, which the loser then does behind the winner.
+            open.retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(10))
+                    .with_max_delay(Duration::from_millis(500))
+                    .with_max_times(20)
+                    .with_jitter(),
+            )
+            .when(is_busy)
+            .await
         }
         .map_err(err)?;
         Ok(Self { pool })
@@ -368,4 +383,18 @@ fn decode(row: &SqliteRow) -> Result<StoredChainRow, sqlx::Error> {
         prev_hash: row.try_get("prev_hash")?,
         row_hash: row.try_get("row_hash")?,
     })
+}
+
+/// Whether `e` is SQLite's SQLITE_BUSY (primary code 5, any extended code such as
+/// SQLITE_BUSY_RECOVERY 261): the database was locked and the statement may be
+/// run again.
+fn is_busy(e: &sqlx::Error) -> bool {
+    const SQLITE_BUSY: i64 = 5;
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .is_some_and(|c| c & 0xff == SQLITE_BUSY),
+        _ => false,
+    }
 }
