@@ -353,8 +353,31 @@ pub struct PlanDocument {
     /// Records rejected on their own (the first 1,000; `manifest.rejected`
     /// counts all).
     pub rejected: Vec<RejectedRecord>,
+    /// What the mass-deactivation breaker would do with this manifest in a
+    /// real run.
+    pub breaker: PlanBreaker,
     /// True when every valid termination is in `people` exactly once.
     pub reconciled: bool,
+}
+
+/// The mass-deactivation breaker's verdict on a planned manifest, judged as a
+/// real run would judge it (rehires excluded), with nothing recorded. A
+/// reviewer reads `wouldHold` to know whether the real run needs `--approve`.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanBreaker {
+    /// The terminations the breaker counts.
+    pub terminations: u64,
+    /// `true` when a real run without `--approve` would be held; `null` when
+    /// the breaker could not judge (see `reason`).
+    pub would_hold: Option<bool>,
+    /// Which limit it trips (e.g. `… MAX_TERMINATIONS_PER_MANIFEST=500`), or
+    /// why it could not judge; `null` when it would not hold.
+    pub reason: Option<String>,
+    /// The org's active users, when the share limit needed them counted.
+    pub active_users: Option<u64>,
+    /// Whether this run was given `--approve`.
+    pub approved: bool,
 }
 
 impl PlanDocument {
@@ -362,6 +385,7 @@ impl PlanDocument {
     pub fn new(
         report: &DispatchReport,
         settings: PlanSettings,
+        breaker: PlanBreaker,
         decisions: &[Decision],
         reconciled: bool,
     ) -> Self {
@@ -380,6 +404,7 @@ impl PlanDocument {
             counts,
             people,
             rejected: report.rejected_records.clone(),
+            breaker,
             reconciled,
         }
     }

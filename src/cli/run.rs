@@ -36,7 +36,7 @@ use deprovision::dispatch::{
 };
 use deprovision::domain::Outcome;
 use deprovision::engine::Engine;
-use deprovision::plan::{Decision, Journal, PlanDocument, PlanSettings, would_label};
+use deprovision::plan::{Decision, Journal, PlanBreaker, PlanDocument, PlanSettings, would_label};
 use deprovision::queue::sqs::load_aws_config;
 use deprovision::queue::{MemoryQueue, TerminationMessage, attr};
 use deprovision::release::{Releaser, ReleaserOptions};
@@ -383,15 +383,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(3));
     }
-    if args.dry_run && !args.approve {
+    let mut breaker_verdict = PlanBreaker {
+        terminations: report.terminations,
+        approved: args.approve,
+        ..PlanBreaker::default()
+    };
+    if args.dry_run {
         match breaker.assess(report.terminations).await {
-            Ok((Some(reason), _)) => eprintln!(
-                "dry run: a real run would be held by the mass-deactivation breaker ({reason}); it would need --approve"
-            ),
-            Ok((None, _)) => {}
-            Err(e) => eprintln!(
-                "dry run: the mass-deactivation breaker could not assess this manifest: {e}"
-            ),
+            Ok((reason, active_users)) => {
+                if let (Some(reason), false) = (&reason, args.approve) {
+                    eprintln!(
+                        "dry run: a real run would be held by the mass-deactivation breaker ({reason}); it would need --approve"
+                    );
+                }
+                breaker_verdict.would_hold = Some(reason.is_some());
+                breaker_verdict.reason = reason;
+                breaker_verdict.active_users = active_users;
+            }
+            Err(e) => {
+                eprintln!(
+                    "dry run: the mass-deactivation breaker could not assess this manifest: {e}"
+                );
+                breaker_verdict.reason = Some(format!("could not assess: {e}"));
+            }
         }
     }
 
@@ -477,7 +491,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             termination_effective_at: args.policy.termination_effective_at,
             audit: audit_url,
         };
-        let plan = PlanDocument::new(&report, settings, &decisions, reconciled);
+        let plan = PlanDocument::new(&report, settings, breaker_verdict, &decisions, reconciled);
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(if reconciled {
             ExitCode::SUCCESS

@@ -313,6 +313,16 @@ async fn run_refuses_an_over_limit_manifest_without_approve() {
         err.contains("would be held by the mass-deactivation breaker"),
         "{err}"
     );
+    // The plan a reviewer approves says the same, for a program to read.
+    let plan: serde_json::Value = serde_json::from_str(&out).expect("plan JSON");
+    assert_eq!(plan["breaker"]["wouldHold"], true, "{plan}");
+    assert_eq!(plan["breaker"]["terminations"], 6, "{plan}");
+    assert_eq!(plan["breaker"]["approved"], false, "{plan}");
+    let reason = plan["breaker"]["reason"].as_str().expect("a reason");
+    assert!(
+        reason.contains("MAX_TERMINATIONS_PER_MANIFEST=5"),
+        "{reason}"
+    );
     let store = deprovision::audit::AuditStore::connect(&db)
         .await
         .expect("db");
