@@ -168,16 +168,26 @@ impl Protection {
         }))
     }
 
-    /// Resolves every configured group name now (ignoring the cache), for
-    /// start-up checks. Errors: [`ScimError::Config`] naming an entry that is
-    /// not a UUID and matches no group by display name or id; the SCIM error of
-    /// a failed lookup.
+    /// Resolves every configured group name now (ignoring the cache) and reads
+    /// every configured group id once (`GET Groups/{id}`), for start-up checks:
+    /// a mistyped UUID would otherwise protect nobody, silently. Errors:
+    /// [`ScimError::Config`] naming an entry that matches no group (a name by
+    /// display name or id, a UUID by id); the SCIM error of a failed lookup.
     pub async fn verify(&self, session: &mut Session<'_>) -> Result<(), ScimError> {
         *self
             .resolved
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        self.resolved_ids(session).await.map(|_| ())
+        self.resolved_ids(session).await?;
+        for id in self.groups.iter().filter(|g| is_group_id(g)) {
+            if session.get_group(id).await?.is_none() {
+                return Err(ScimError::Config(format!(
+                    "PROTECTED_GROUPS entry {id:?} is no group's id; \
+                     nobody is deactivated until it is corrected or removed"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Group ids of the configured names (id → name), from the cache or looked

@@ -802,6 +802,43 @@ impl Session<'_> {
         Ok(page.total_results)
     }
 
+    /// `GET Groups/{id}?attributes=displayName` (RFC 7644 §3.4.1; Genesys API
+    /// description, getScimV2Group): the group as a reference with its display
+    /// name, `Ok(None)` on 404. Errors: an id that cannot be one path segment
+    /// ([`ScimError::InvalidId`]), a reply for another id ([`ScimError::Decode`]),
+    /// and the request's own errors.
+    pub async fn get_group(&mut self, id: &str) -> Result<Option<Reference>, ScimError> {
+        check_segment("group id", id)?;
+        let inner = &self.client.inner;
+        let mut url = resource_url(&inner.groups, id)?;
+        url.set_query(Some("attributes=displayName"));
+        let call = Call {
+            op: format!("GET {}/{id}", self.client.resource_name(&inner.groups)),
+            method: Method::GET,
+            url,
+            body: None,
+            if_match: None,
+        };
+        match self.send(&call).await {
+            Ok(reply) => {
+                let group: ScimGroup = self.decode(&call.op, &reply)?;
+                if group.id != id {
+                    return Err(ScimError::Decode {
+                        op: call.op,
+                        status: reply.status,
+                        reason: format!("the server answered with group {:?}", group.id),
+                    });
+                }
+                Ok(Some(Reference {
+                    value: group.id,
+                    display: group.display_name,
+                }))
+            }
+            Err(ScimError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Groups whose `displayName` the server matches with `name` (filter
     /// `displayName eq "…"`; Genesys API description, getScimV2Groups), first
     /// page only, as references with their display names. The caller compares

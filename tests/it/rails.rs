@@ -927,3 +927,69 @@ async fn an_unresolvable_protected_group_fails_closed() {
     }
     assert_eq!(sim.stats().count(ResourceKind::User, "PATCH"), 0);
 }
+
+/// A `PROTECTED_GROUPS` UUID is read once at start-up: one that is no group's
+/// id (a typo would protect nobody, silently) stops `user` and `run` naming it;
+/// the group's real id starts, and protects its member.
+#[tokio::test]
+async fn a_protected_group_id_must_be_a_group() {
+    const GLASS: &str = "6f1c2a9e-4b7d-4e2a-9c1f-0d3e5a7b9c11";
+    const TYPO: &str = "6f1c2a9e-4b7d-4e2a-9c1f-0d3e5a7b9c12";
+    let aws = aws().await;
+    let db = fresh_postgres().await;
+    let queues = aws.queues(5, 30).await;
+    let recs = records("PI", 2);
+    let (config, mut seed) = sim_config(&recs);
+    seed.groups.push(deprovision::sim::SeedGroup {
+        id: GLASS.into(),
+        display_name: "Break Glass".into(),
+        external_id: None,
+    });
+    seed.users
+        .iter_mut()
+        .find(|u| u.external_id.as_deref() == Some("PI0001"))
+        .expect("PI0001")
+        .groups
+        .push(SeedGroupRef::Name(GLASS.into()));
+    let sim = start_sim(config.with_seed(seed)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("m.json");
+    std::fs::write(&path, json_manifest(&recs)).expect("write");
+    let path = path.display().to_string();
+
+    let typo = with(
+        &env_for(&sim, &db.url, &queues),
+        &[("PROTECTED_GROUPS", TYPO)],
+    );
+    let (status, out, err) = run_full(
+        &["user", "--external-id", "PI0002", "--format", "json"],
+        &typo,
+    )
+    .await;
+    assert!(!status.success(), "{out}\n{err}");
+    assert!(
+        err.contains(TYPO) && err.contains("is no group's id"),
+        "{err}"
+    );
+    let (status, out, err) = run_full(&["run", &path], &typo).await;
+    assert!(!status.success(), "{out}\n{err}");
+    assert!(err.contains(TYPO), "{err}");
+    for e in ["PI0001", "PI0002"] {
+        assert!(sim.users_by_external_id(e)[0].active, "{e} stays active");
+    }
+    assert_eq!(sim.stats().count(ResourceKind::User, "PATCH"), 0);
+
+    let right = with(
+        &env_for(&sim, &db.url, &queues),
+        &[("PROTECTED_GROUPS", GLASS)],
+    );
+    let (status, out, err) = run_full(&["run", "--format", "json", &path], &right).await;
+    assert!(status.success(), "{out}\n{err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        summary["tally"]["outcomes"],
+        serde_json::json!([["deactivated", 1], ["protected", 1]])
+    );
+    assert!(sim.users_by_external_id("PI0001")[0].active, "protected");
+    assert!(!sim.users_by_external_id("PI0002")[0].active);
+}
