@@ -683,11 +683,26 @@ impl Session<'_> {
     /// `GET Users/{id}` (RFC 7644 §3.4.1; Genesys getScimV2User). `Ok(None)` on
     /// 404. The id travels as one percent-encoded path segment.
     pub async fn get_user(&mut self, id: &ScimUserId) -> Result<Option<ScimUser>, ScimError> {
-        let inner = &self.client.inner;
-        let url = resource_url(&inner.users, id.as_str())?;
-        let op = format!("GET {}/{id}", self.client.resource_name(&inner.users));
+        let base = self.client.inner.users.clone();
+        self.get_resource(&base, id.as_str(), None, "user", |u: &ScimUser| &u.id)
+            .await
+    }
+
+    /// `GET {base}/{id}[?query]`: the resource, `Ok(None)` on 404. Errors: a
+    /// reply for another id ([`ScimError::Decode`], naming it as a `kind`), and
+    /// the request's own errors.
+    async fn get_resource<T: DeserializeOwned>(
+        &mut self,
+        base: &Url,
+        id: &str,
+        query: Option<&str>,
+        kind: &str,
+        id_of: fn(&T) -> &String,
+    ) -> Result<Option<T>, ScimError> {
+        let mut url = resource_url(base, id)?;
+        url.set_query(query);
         let call = Call {
-            op,
+            op: format!("GET {}/{id}", self.client.resource_name(base)),
             method: Method::GET,
             url,
             body: None,
@@ -695,15 +710,15 @@ impl Session<'_> {
         };
         match self.send(&call).await {
             Ok(reply) => {
-                let user: ScimUser = self.decode(&call.op, &reply)?;
-                if user.id != id.as_str() {
+                let resource: T = self.decode(&call.op, &reply)?;
+                if id_of(&resource) != id {
                     return Err(ScimError::Decode {
                         op: call.op,
                         status: reply.status,
-                        reason: format!("the server answered with user {:?}", user.id),
+                        reason: format!("the server answered with {kind} {:?}", id_of(&resource)),
                     });
                 }
-                Ok(Some(user))
+                Ok(Some(resource))
             }
             Err(ScimError::Status { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -809,34 +824,20 @@ impl Session<'_> {
     /// and the request's own errors.
     pub async fn get_group(&mut self, id: &str) -> Result<Option<Reference>, ScimError> {
         check_segment("group id", id)?;
-        let inner = &self.client.inner;
-        let mut url = resource_url(&inner.groups, id)?;
-        url.set_query(Some("attributes=displayName"));
-        let call = Call {
-            op: format!("GET {}/{id}", self.client.resource_name(&inner.groups)),
-            method: Method::GET,
-            url,
-            body: None,
-            if_match: None,
-        };
-        match self.send(&call).await {
-            Ok(reply) => {
-                let group: ScimGroup = self.decode(&call.op, &reply)?;
-                if group.id != id {
-                    return Err(ScimError::Decode {
-                        op: call.op,
-                        status: reply.status,
-                        reason: format!("the server answered with group {:?}", group.id),
-                    });
-                }
-                Ok(Some(Reference {
-                    value: group.id,
-                    display: group.display_name,
-                }))
-            }
-            Err(ScimError::Status { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        let base = self.client.inner.groups.clone();
+        let group = self
+            .get_resource(
+                &base,
+                id,
+                Some("attributes=displayName"),
+                "group",
+                |g: &ScimGroup| &g.id,
+            )
+            .await?;
+        Ok(group.map(|g| Reference {
+            value: g.id,
+            display: g.display_name,
+        }))
     }
 
     /// Groups whose `displayName` the server matches with `name` (filter
