@@ -35,7 +35,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::audit::{
-    AuditEntry, ClaimState, Hold, HoldState, ManifestOrigin, NewHold, Placed, Supersession,
+    AuditEntry, ClaimState, Hold, HoldState, ManifestOrigin, ManifestRecord, NewHold, Placed,
+    Supersession,
 };
 use crate::clock::Clock;
 use crate::domain::{IdempotencyKey, Outcome, RecordAction};
@@ -137,20 +138,25 @@ pub trait HoldSink: AuditSink {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Placed, Self::Error>> + Send;
 
-    /// Cancels every pending hold of `external_id` with `reason`; returns them.
+    /// Cancels the pending holds of `external_id` that the rehire `rehire`
+    /// withdraws (see [`crate::audit::AuditStore::cancel_holds`]) with
+    /// `reason`; returns them.
     fn cancel_holds(
         &self,
         external_id: &str,
+        rehire: ManifestRecord<'_>,
         reason: &str,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<Hold>, Self::Error>> + Send;
 
     /// The latest later entry (a rehire, or another termination of the same
-    /// person) that supersedes the termination `key`, if any.
+    /// person) that supersedes the termination `key` (the record
+    /// `termination`), if any (see [`crate::audit::AuditStore::supersession`]).
     fn supersession(
         &self,
         external_id: &str,
         key: &IdempotencyKey,
+        termination: ManifestRecord<'_>,
     ) -> impl Future<Output = Result<Option<Supersession>, Self::Error>> + Send;
 
     /// The latest rehire that makes this termination stale (see
@@ -158,8 +164,7 @@ pub trait HoldSink: AuditSink {
     fn rehired_since(
         &self,
         _external_id: &str,
-        _effective_at: DateTime<Utc>,
-        _origin: &ManifestOrigin,
+        _termination: ManifestRecord<'_>,
     ) -> impl Future<Output = Result<Option<Supersession>, Self::Error>> + Send {
         std::future::ready(Ok(None))
     }
@@ -169,10 +174,9 @@ impl HoldSink for crate::audit::AuditStore {
     async fn rehired_since(
         &self,
         external_id: &str,
-        effective_at: DateTime<Utc>,
-        origin: &ManifestOrigin,
+        termination: ManifestRecord<'_>,
     ) -> Result<Option<Supersession>, Self::Error> {
-        crate::audit::AuditStore::rehired_since(self, external_id, effective_at, origin).await
+        crate::audit::AuditStore::rehired_since(self, external_id, termination).await
     }
 
     async fn place_hold(&self, hold: &NewHold, now: DateTime<Utc>) -> Result<Placed, Self::Error> {
@@ -182,18 +186,20 @@ impl HoldSink for crate::audit::AuditStore {
     async fn cancel_holds(
         &self,
         external_id: &str,
+        rehire: ManifestRecord<'_>,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Hold>, Self::Error> {
-        crate::audit::AuditStore::cancel_holds(self, external_id, reason, now).await
+        crate::audit::AuditStore::cancel_holds(self, external_id, rehire, reason, now).await
     }
 
     async fn supersession(
         &self,
         external_id: &str,
         key: &IdempotencyKey,
+        termination: ManifestRecord<'_>,
     ) -> Result<Option<Supersession>, Self::Error> {
-        crate::audit::AuditStore::supersession(self, external_id, key).await
+        crate::audit::AuditStore::supersession(self, external_id, key, termination).await
     }
 }
 
@@ -996,10 +1002,14 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
         // and so does a rehire effective on or after this termination's time,
         // whenever it was recorded (this termination is stale).
         let external_id = termination.record.external_id.as_str();
-        let superseding = match self.audit.supersession(external_id, &key).await {
+        let superseding = match self
+            .audit
+            .supersession(external_id, &key, termination.record_at())
+            .await
+        {
             Ok(None) => {
                 self.audit
-                    .rehired_since(external_id, termination.effective_at, &termination.origin)
+                    .rehired_since(external_id, termination.record_at())
                     .await
             }
             other => other,
@@ -1215,7 +1225,11 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
                 .await;
         }
         let now = self.options.clock.now();
-        let cancelled = match self.audit.cancel_holds(external_id, &reason, now).await {
+        let cancelled = match self
+            .audit
+            .cancel_holds(external_id, termination.record_at(), &reason, now)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 return self
@@ -2014,13 +2028,13 @@ async fn revalidate<A: HoldSink>(
         actor: Some(options.actor.clone()),
     };
     let superseding = match audit
-        .supersession(external_id, &t.idempotency_key)
+        .supersession(external_id, &t.idempotency_key, t.record_at())
         .await
         .map_err(|e| e.to_string())?
     {
         Some(s) => Some(s),
         None => audit
-            .rehired_since(external_id, t.effective_at, &t.origin)
+            .rehired_since(external_id, t.record_at())
             .await
             .map_err(|e| e.to_string())?,
     };
@@ -2210,12 +2224,20 @@ mod tests {
         async fn cancel_holds(
             &self,
             external_id: &str,
+            rehire: ManifestRecord<'_>,
             reason: &str,
             now: DateTime<Utc>,
         ) -> Result<Vec<Hold>, Down> {
             let mut out = Vec::new();
             for h in lock(&self.holds).iter_mut() {
-                if h.external_id == external_id && h.state == HoldState::Pending {
+                let stands = h.manifest.as_ref().is_some_and(|origin| {
+                    ManifestRecord {
+                        origin,
+                        effective_at: h.due_at,
+                    }
+                    .stands_after(&rehire)
+                });
+                if h.external_id == external_id && h.state == HoldState::Pending && !stands {
                     h.state = HoldState::Cancelled {
                         at: now,
                         reason: reason.to_owned(),
@@ -2229,6 +2251,7 @@ mod tests {
             &self,
             external_id: &str,
             key: &IdempotencyKey,
+            termination: ManifestRecord<'_>,
         ) -> Result<Option<Supersession>, Down> {
             let rows = lock(&self.rows);
             let Some(first) = rows
@@ -2245,6 +2268,15 @@ mod tests {
                         && r.idempotency_key.as_ref().is_some_and(|k| k != key)
                         && matches!(r.action.as_str(), "rehire" | "deactivate")
                         && r.outcome != Outcome::DryRun
+                        && !(r.action == "rehire"
+                            && r.manifest.as_ref().zip(r.effective_at).is_some_and(
+                                |(origin, effective_at)| {
+                                    termination.stands_after(&ManifestRecord {
+                                        origin,
+                                        effective_at,
+                                    })
+                                },
+                            ))
                 })
                 .map(|r| Supersession {
                     action: r.action.clone(),
@@ -2330,6 +2362,11 @@ mod tests {
     }
 
     fn body_with(external_id: &str, date: &str, action: RecordAction) -> String {
+        body_at(external_id, date, action, 0)
+    }
+
+    /// The message of manifest `local/m.json`'s record `index`.
+    fn body_at(external_id: &str, date: &str, action: RecordAction, index: u64) -> String {
         TerminationMessage::new(
             TerminationRecord {
                 external_id: ExternalId::parse(external_id).unwrap(),
@@ -2341,7 +2378,7 @@ mod tests {
                 bucket: "local".into(),
                 key: "m.json".into(),
                 version: None,
-                index: Some(0),
+                index: Some(index),
             },
             chrono_tz::UTC,
             EffectiveAt::StartOfDay,
@@ -2745,6 +2782,51 @@ mod tests {
             Step::Done(Outcome::Rescinded)
         );
         assert_eq!(f.engine.calls("E1"), 0);
+    }
+
+    /// One manifest: record 0 rehires E1 on 03-05, record 1 terminates E1 on
+    /// 03-10. Handled termination first, the rehire leaves its hold alone (the
+    /// file's order decides), and the termination is carried out when due.
+    #[tokio::test]
+    async fn a_rehire_earlier_in_the_file_leaves_a_later_dated_termination_held() {
+        let (clock, options) = at_clock("2026-03-01T00:00:00Z");
+        let f = fixture(5, options);
+        let termination = body_at("E1", "2026-03-10", RecordAction::Terminate, 1);
+        send(&f.queue, std::slice::from_ref(&termination)).await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::Deferred {
+                effective_at: t("2026-03-10T00:00:00Z")
+            }
+        );
+        send(
+            &f.queue,
+            &[body_at("E1", "2026-03-05", RecordAction::Rehire, 0)],
+        )
+        .await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::Done(Outcome::Rescinded)
+        );
+        assert_eq!(lock(&f.audit.holds)[0].state, HoldState::Pending);
+        let rehire_row = lock(&f.audit.rows).last().cloned().expect("rehire row");
+        assert_eq!(rehire_row.action, "rehire");
+        assert!(
+            rehire_row
+                .error_message
+                .as_deref()
+                .is_some_and(|m| m.contains("0 pending hold(s) cancelled")),
+            "{rehire_row:?}"
+        );
+        // Released when due: not superseded by the rehire recorded meanwhile.
+        lock(&f.audit.holds)[0].state = HoldState::Released(t("2026-03-10T00:00:00Z"));
+        clock.set(t("2026-03-10T00:00:00Z"));
+        send(&f.queue, &[termination]).await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::Done(Outcome::Deactivated)
+        );
+        assert_eq!(f.engine.calls("E1"), 1);
     }
 
     #[tokio::test]

@@ -93,6 +93,44 @@ pub struct Placed {
     pub hold: Hold,
 }
 
+/// A manifest record as the rehire rules judge it: where it came from and when
+/// it takes effect. Within one manifest the file's order decides, whichever
+/// message is handled first: a rehire withdraws a termination later in the file
+/// only when the termination takes effect at or before the rehire (README,
+/// "Rehires"); a termination later in the file and dated after the rehire
+/// stands.
+#[derive(Debug, Clone, Copy)]
+pub struct ManifestRecord<'a> {
+    /// The manifest and the record's index in it.
+    pub origin: &'a ManifestOrigin,
+    /// When the record takes effect (UTC).
+    pub effective_at: DateTime<Utc>,
+}
+
+impl ManifestRecord<'_> {
+    /// Whether the termination `self` stands after the rehire `rehire` of the
+    /// same person although handled after it: both in one manifest (bucket,
+    /// key and version), the termination later in the file and effective after
+    /// the rehire. The SQL of [`AuditStore::cancel_holds`] and
+    /// [`AuditStore::supersession`] applies the same rule.
+    pub fn stands_after(&self, rehire: &ManifestRecord<'_>) -> bool {
+        let (t, r) = (self.origin, rehire.origin);
+        t.bucket == r.bucket
+            && t.key == r.key
+            && t.version.as_deref().unwrap_or("") == r.version.as_deref().unwrap_or("")
+            && matches!((t.index, r.index), (Some(ti), Some(ri)) if ti > ri)
+            && self.effective_at > rehire.effective_at
+    }
+
+    /// The record's index as the queries bind it: `missing` when unknown, so
+    /// that an unknown index never matches "earlier" or "later".
+    fn index_or(&self, missing: i64) -> i64 {
+        self.origin
+            .index
+            .map_or(missing, |i| i64::try_from(i).unwrap_or(i64::MAX))
+    }
+}
+
 /// What one [`AuditStore::release_due`] call did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReleaseBatch {
@@ -546,43 +584,56 @@ impl AuditStore {
         }
     }
 
-    /// Cancels every pending hold of `external_id` at `now` with `reason` (a
-    /// rehire); returns the holds cancelled (empty when none was pending).
-    /// Released holds are left alone. Errors: [`AuditError::Hold`],
-    /// [`AuditError::Corrupt`].
+    /// Cancels the pending holds of `external_id` that the rehire `rehire`
+    /// withdraws, at `now` with `reason`: all of them, except a termination of
+    /// the rehire's own manifest that comes later in the file and takes effect
+    /// after the rehire ([`ManifestRecord`]). Returns the holds cancelled (empty
+    /// when none was). Released holds are left alone. Errors:
+    /// [`AuditError::Hold`], [`AuditError::Corrupt`].
     pub async fn cancel_holds(
         &self,
         external_id: &str,
+        rehire: ManifestRecord<'_>,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Hold>, AuditError> {
         let subject = format!("externalId {external_id:?}");
+        // COALESCE: a hold without a manifest or index is never kept back.
+        let sql = format!(
+            "UPDATE termination_holds SET cancelled_at = $1, cancel_reason = $2 \
+             WHERE external_id = $3 AND released_at IS NULL AND cancelled_at IS NULL \
+               AND NOT COALESCE(due_at > $4 AND manifest_bucket = $5 AND manifest_key = $6 \
+                   AND COALESCE(manifest_version, '') = $7 AND manifest_index > $8, false) \
+             RETURNING {HOLD_COLUMNS}"
+        );
+        let version = rehire.origin.version.as_deref().unwrap_or("");
+        let index = rehire.index_or(i64::MAX);
         match &self.backend {
             Backend::Postgres(s) => {
-                let sql = format!(
-                    "UPDATE termination_holds SET cancelled_at = $1, cancel_reason = $2 \
-                     WHERE external_id = $3 AND released_at IS NULL AND cancelled_at IS NULL \
-                     RETURNING {HOLD_COLUMNS}"
-                );
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(super::chain::to_stored_instant(now))
                     .bind(reason)
                     .bind(external_id)
+                    .bind(rehire.effective_at)
+                    .bind(&rehire.origin.bucket)
+                    .bind(&rehire.origin.key)
+                    .bind(version)
+                    .bind(index)
                     .fetch_all(s.pool())
                     .await
                     .map_err(hold_error("cancel", subject))?;
                 pg_holds(&rows, "cancel")
             }
             Backend::Sqlite(s) => {
-                let sql = format!(
-                    "UPDATE termination_holds SET cancelled_at = ?1, cancel_reason = ?2 \
-                     WHERE external_id = ?3 AND released_at IS NULL AND cancelled_at IS NULL \
-                     RETURNING {HOLD_COLUMNS}"
-                );
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(instant_text(now))
                     .bind(reason)
                     .bind(external_id)
+                    .bind(instant_text(rehire.effective_at))
+                    .bind(&rehire.origin.bucket)
+                    .bind(&rehire.origin.key)
+                    .bind(version)
+                    .bind(index)
                     .fetch_all(s.pool())
                     .await
                     .map_err(hold_error("cancel", subject))?;
@@ -592,52 +643,59 @@ impl AuditStore {
     }
 
     /// The latest audit entry that supersedes the termination `key` of
-    /// `external_id`: a `rehire` row, or a `deactivate` row of another
-    /// termination (another date) that is not a dry run, written after the
-    /// termination's first row. `None` when the termination has no row yet
-    /// (nothing can be shown to be later) or nothing supersedes it.
+    /// `external_id` (the record `termination`): a `rehire` row, or a
+    /// `deactivate` row of another termination (another date) that is not a dry
+    /// run, written after the termination's first row, except a rehire earlier
+    /// in the termination's own manifest and effective before it
+    /// ([`ManifestRecord`]). `None` when the termination has no row yet (nothing
+    /// can be shown to be later) or nothing supersedes it.
     /// Errors: [`AuditError::Read`], [`AuditError::Corrupt`].
     pub async fn supersession(
         &self,
         external_id: &str,
         key: &IdempotencyKey,
+        termination: ManifestRecord<'_>,
     ) -> Result<Option<Supersession>, AuditError> {
         let read = |source| AuditError::Read {
             what: "supersession",
             source,
         };
+        const SQL: &str = "SELECT id, action, outcome, manifest_bucket, manifest_key, created_at, effective_at \
+             FROM scim_audit_log \
+             WHERE external_id = $1 AND idempotency_key IS NOT NULL \
+               AND idempotency_key <> $2 AND action IN ('rehire', 'deactivate') \
+               AND outcome <> 'dry_run' \
+               AND id > (SELECT min(id) FROM scim_audit_log WHERE idempotency_key = $2) \
+               AND NOT COALESCE(action = 'rehire' AND effective_at < $3 \
+                   AND manifest_bucket = $4 AND manifest_key = $5 \
+                   AND COALESCE(manifest_version, '') = $6 AND manifest_index < $7, false) \
+             ORDER BY id DESC LIMIT 1";
+        let version = termination.origin.version.as_deref().unwrap_or("");
+        let index = termination.index_or(-1);
         match &self.backend {
             Backend::Postgres(s) => {
-                let row: Option<SupersedingRow<DateTime<Utc>>> =
-                    sqlx::query_as(
-                        "SELECT id, action, outcome, manifest_bucket, manifest_key, created_at, effective_at \
-                         FROM scim_audit_log \
-                         WHERE external_id = $1 AND idempotency_key IS NOT NULL \
-                           AND idempotency_key <> $2 AND action IN ('rehire', 'deactivate') \
-                           AND outcome <> 'dry_run' \
-                           AND id > (SELECT min(id) FROM scim_audit_log WHERE idempotency_key = $2) \
-                         ORDER BY id DESC LIMIT 1",
-                    )
+                let row: Option<SupersedingRow<DateTime<Utc>>> = sqlx::query_as(SQL)
                     .bind(external_id)
                     .bind(key.as_str())
+                    .bind(termination.effective_at)
+                    .bind(&termination.origin.bucket)
+                    .bind(&termination.origin.key)
+                    .bind(version)
+                    .bind(index)
                     .fetch_optional(s.pool())
                     .await
                     .map_err(read)?;
                 Ok(row.map(superseding_pg))
             }
             Backend::Sqlite(s) => {
-                let row: Option<SupersedingRow<String>> =
-                    sqlx::query_as(
-                        "SELECT id, action, outcome, manifest_bucket, manifest_key, created_at, effective_at \
-                         FROM scim_audit_log \
-                         WHERE external_id = ?1 AND idempotency_key IS NOT NULL \
-                           AND idempotency_key <> ?2 AND action IN ('rehire', 'deactivate') \
-                           AND outcome <> 'dry_run' \
-                           AND id > (SELECT min(id) FROM scim_audit_log WHERE idempotency_key = ?2) \
-                         ORDER BY id DESC LIMIT 1",
-                    )
+                let row: Option<SupersedingRow<String>> = sqlx::query_as(SQL)
                     .bind(external_id)
                     .bind(key.as_str())
+                    .bind(instant_text(termination.effective_at))
+                    .bind(&termination.origin.bucket)
+                    .bind(&termination.origin.key)
+                    .bind(version)
+                    .bind(index)
                     .fetch_optional(s.pool())
                     .await
                     .map_err(read)?;
@@ -648,8 +706,8 @@ impl AuditStore {
 }
 
 impl AuditStore {
-    /// The latest rehire of `external_id` that makes a termination effective at
-    /// `effective_at`, from manifest record `origin`, stale: a rehire effective at
+    /// The latest rehire of `external_id` that makes the termination record
+    /// `termination` stale: a rehire effective at
     /// or after that time, whenever it was recorded (the person must not be
     /// locked out), or a later record of the same manifest (the file's order
     /// decides, whichever message is handled first). `dry_run` rows do not
@@ -657,9 +715,10 @@ impl AuditStore {
     pub async fn rehired_since(
         &self,
         external_id: &str,
-        effective_at: DateTime<Utc>,
-        origin: &crate::audit::ManifestOrigin,
+        termination: ManifestRecord<'_>,
     ) -> Result<Option<Supersession>, AuditError> {
+        let origin = termination.origin;
+        let index = termination.index_or(i64::MAX);
         let read = |source| AuditError::Read {
             what: "rehires",
             source,
@@ -675,15 +734,11 @@ impl AuditStore {
             Backend::Postgres(s) => {
                 let row: Option<SupersedingRow<DateTime<Utc>>> = sqlx::query_as(SQL)
                     .bind(external_id)
-                    .bind(effective_at)
+                    .bind(termination.effective_at)
                     .bind(&origin.bucket)
                     .bind(&origin.key)
                     .bind(origin.version.as_deref().unwrap_or(""))
-                    .bind(
-                        origin
-                            .index
-                            .map_or(i64::MAX, |i| i64::try_from(i).unwrap_or(i64::MAX)),
-                    )
+                    .bind(index)
                     .fetch_optional(s.pool())
                     .await
                     .map_err(read)?;
@@ -692,15 +747,11 @@ impl AuditStore {
             Backend::Sqlite(s) => {
                 let row: Option<SupersedingRow<String>> = sqlx::query_as(SQL)
                     .bind(external_id)
-                    .bind(crate::audit::chain::instant_text(effective_at))
+                    .bind(instant_text(termination.effective_at))
                     .bind(&origin.bucket)
                     .bind(&origin.key)
                     .bind(origin.version.as_deref().unwrap_or(""))
-                    .bind(
-                        origin
-                            .index
-                            .map_or(i64::MAX, |i| i64::try_from(i).unwrap_or(i64::MAX)),
-                    )
+                    .bind(index)
                     .fetch_optional(s.pool())
                     .await
                     .map_err(read)?;

@@ -36,7 +36,7 @@ use crate::domain::{Credential, IdempotencyKey, Outcome};
 pub use chain::{BreakReason, BrokenRow, VerifyReport};
 pub use claims::ClaimState;
 pub use held::{HeldManifest, ManifestHoldState};
-pub use holds::{Hold, HoldState, NewHold, Placed, ReleaseBatch, Supersession};
+pub use holds::{Hold, HoldState, ManifestRecord, NewHold, Placed, ReleaseBatch, Supersession};
 
 /// Where a termination came from: the manifest object and the record's position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -72,6 +72,15 @@ impl TerminationMessage {
         }
     }
 
+    /// The record's place and effective time, as the rehire rules judge it
+    /// ([`crate::audit::ManifestRecord`]).
+    pub fn record_at(&self) -> crate::audit::ManifestRecord<'_> {
+        crate::audit::ManifestRecord {
+            origin: &self.origin,
+            effective_at: self.effective_at,
+        }
+    }
+
     /// The JSON body. Serialising these types cannot fail (no maps with non-string
     /// keys, no floats); an empty object is returned rather than a panic if it
     /// ever did, and a receiver would dead-letter it as malformed.

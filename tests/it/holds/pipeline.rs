@@ -534,7 +534,17 @@ async fn report_pending_lists_held_terminations_with_due_times() {
     )
     .await
     .expect("hold");
-    s.cancel_holds("RP0003", "rehired", at("2026-03-02T00:00:00Z"))
+    let elsewhere = ManifestOrigin {
+        bucket: "hr-drop".into(),
+        key: "rehires.csv".into(),
+        version: None,
+        index: Some(0),
+    };
+    let rehire = deprovision::audit::ManifestRecord {
+        origin: &elsewhere,
+        effective_at: at("2026-03-02T00:00:00Z"),
+    };
+    s.cancel_holds("RP0003", rehire, "rehired", at("2026-03-02T00:00:00Z"))
         .await
         .expect("cancel");
     let env = vec![("DATABASE_URL".to_owned(), db.url.clone())];
@@ -838,6 +848,51 @@ async fn a_later_rehire_in_the_same_manifest_wins_whatever_the_order_handled() {
             pending.is_empty(),
             "round {round}: a hold survived the later rehire: {pending:?}\n{out}"
         );
+        store.close().await;
+    }
+}
+
+/// The mirror: a rehire, then later in the same manifest a termination of the
+/// same person dated after it. Whichever message is handled first, the
+/// termination stays held for its date (README, "Rehires": to terminate the
+/// person again, send a termination dated after the rehire).
+#[tokio::test]
+async fn a_termination_after_a_rehire_in_the_same_manifest_stays_held_whatever_the_order() {
+    let rehired = (Utc::now() + chrono::Duration::days(1)).date_naive();
+    let due = (Utc::now() + chrono::Duration::days(20)).date_naive();
+    for round in 0..4 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db_url = format!("sqlite://{}", dir.path().join("sandbox.db").display());
+        let manifest = dir.path().join("m.csv");
+        std::fs::write(
+            &manifest,
+            format!(
+                "externalId,terminationDate,action\nSA0001,{rehired},rehire\nSA0001,{due},terminate\nSA0002,2026-01-05,terminate\n"
+            ),
+        )
+        .expect("write manifest");
+        let manifest = manifest.display().to_string();
+        let env = vec![
+            ("HR_TIMEZONE".to_owned(), "UTC".to_owned()),
+            ("CONCURRENCY".to_owned(), "8".to_owned()),
+        ];
+        let (status, out) = run_bin(
+            &[
+                "run",
+                "--sandbox",
+                "--sandbox-database-url",
+                db_url.as_str(),
+                manifest.as_str(),
+            ],
+            &env,
+        )
+        .await;
+        assert!(status.success(), "round {round}: {out}");
+        let store = AuditStore::connect(&db_url).await.expect("store");
+        let pending = store.pending_holds().await.expect("holds");
+        assert_eq!(pending.len(), 1, "round {round}: {pending:?}\n{out}");
+        assert_eq!(pending[0].external_id, "SA0001");
+        assert_eq!(pending[0].due_at.date_naive(), due, "round {round}");
         store.close().await;
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
-use deprovision::audit::{AuditStore, HoldState, NewHold};
+use deprovision::audit::{AuditStore, HoldState, ManifestOrigin, ManifestRecord, NewHold};
 use deprovision::domain::{ExternalId, IdempotencyKey, Outcome, TerminationDate};
 
 use crate::audit::{Raw, TestDb, at, entry, key, pg_url_for};
@@ -41,6 +41,7 @@ on_both!(
     cancel_takes_only_pending_holds_and_holds_only_move_forward,
     supersession_is_a_later_rehire_or_termination_of_the_same_person,
     rescinded_rows_are_accepted_and_the_chain_verifies,
+    a_rehire_leaves_a_later_dated_termination_later_in_its_own_file,
 );
 
 /// Upgrading a database that already holds audit rows (the SQLite migration
@@ -174,6 +175,25 @@ fn new_hold(external_id: &str, date: &str, due: DateTime<Utc>) -> NewHold {
 }
 
 const NOW: &str = "2026-03-01T00:00:00Z";
+
+/// The manifest record `index` of `key` (bucket `hr-drop`, no version).
+fn origin(key: &str, index: u64) -> ManifestOrigin {
+    ManifestOrigin {
+        bucket: "hr-drop".into(),
+        key: key.into(),
+        version: None,
+        index: Some(index),
+    }
+}
+
+/// A rehire from a manifest of its own (`r.csv`), effective at `NOW`: only the
+/// person decides which holds it withdraws.
+fn rehire_elsewhere(origin: &ManifestOrigin) -> ManifestRecord<'_> {
+    ManifestRecord {
+        origin,
+        effective_at: at(NOW),
+    }
+}
 
 async fn placing_is_idempotent_and_pending_lists_soonest_first(db: TestDb) {
     let s = &db.store;
@@ -329,8 +349,14 @@ async fn cancel_takes_only_pending_holds_and_holds_only_move_forward(db: TestDb)
     )
     .await
     .unwrap();
+    let r = origin("r.csv", 0);
     let cancelled = s
-        .cancel_holds("R1", "rehired by manifest hr/r.csv (record 0)", at(NOW))
+        .cancel_holds(
+            "R1",
+            rehire_elsewhere(&r),
+            "rehired by manifest hr/r.csv (record 0)",
+            at(NOW),
+        )
         .await
         .unwrap();
     assert_eq!(cancelled.len(), 1, "the released hold is left alone");
@@ -340,7 +366,7 @@ async fn cancel_takes_only_pending_holds_and_holds_only_move_forward(db: TestDb)
         HoldState::Cancelled { reason, .. } if reason.contains("rehired")
     ));
     assert!(
-        s.cancel_holds("R1", "again", at(NOW))
+        s.cancel_holds("R1", rehire_elsewhere(&r), "again", at(NOW))
             .await
             .unwrap()
             .is_empty()
@@ -377,6 +403,14 @@ async fn cancel_takes_only_pending_holds_and_holds_only_move_forward(db: TestDb)
 
 async fn supersession_is_a_later_rehire_or_termination_of_the_same_person(db: TestDb) {
     let s = &db.store;
+    // The terminations asked about come from `entry`'s manifest record.
+    let m = entry("S1", "2026-03-01", Outcome::Failed)
+        .manifest
+        .expect("entry has a manifest");
+    let t = |date: &str| ManifestRecord {
+        origin: &m,
+        effective_at: at(&format!("{date}T00:00:00Z")),
+    };
     // An old rehire before the termination was first seen does not supersede it.
     let mut old_rehire = entry("S1", "2025-01-01", Outcome::Rescinded);
     old_rehire.action = "rehire".into();
@@ -389,17 +423,26 @@ async fn supersession_is_a_later_rehire_or_termination_of_the_same_person(db: Te
         .await
         .unwrap();
     let k = key("S1", "2026-03-01");
-    assert_eq!(s.supersession("S1", &k).await.unwrap(), None);
+    assert_eq!(
+        s.supersession("S1", &k, t("2026-03-01")).await.unwrap(),
+        None
+    );
     // A dry run of another termination does not supersede either.
     s.append(&entry("S1", "2026-03-09", Outcome::DryRun))
         .await
         .unwrap();
-    assert_eq!(s.supersession("S1", &k).await.unwrap(), None);
+    assert_eq!(
+        s.supersession("S1", &k, t("2026-03-01")).await.unwrap(),
+        None
+    );
     // Another person's rehire is irrelevant.
     let mut other = old_rehire.clone();
     other.external_id = Some("S2".into());
     s.append(&other).await.unwrap();
-    assert_eq!(s.supersession("S1", &k).await.unwrap(), None);
+    assert_eq!(
+        s.supersession("S1", &k, t("2026-03-01")).await.unwrap(),
+        None
+    );
 
     let mut rehire = entry("S1", "2026-03-05", Outcome::Rescinded);
     rehire.action = "rehire".into();
@@ -410,7 +453,11 @@ async fn supersession_is_a_later_rehire_or_termination_of_the_same_person(db: Te
     s.append_at(&rehire, at("2026-03-05T10:00:00Z"))
         .await
         .unwrap();
-    let found = s.supersession("S1", &k).await.unwrap().expect("superseded");
+    let found = s
+        .supersession("S1", &k, t("2026-03-01"))
+        .await
+        .unwrap()
+        .expect("superseded");
     assert_eq!(found.action, "rehire");
     assert_eq!(
         found.manifest.as_deref(),
@@ -422,7 +469,7 @@ async fn supersession_is_a_later_rehire_or_termination_of_the_same_person(db: Te
     );
     // A termination never seen has nothing to be later than.
     assert_eq!(
-        s.supersession("S1", &key("S1", "2026-06-01"))
+        s.supersession("S1", &key("S1", "2026-06-01"), t("2026-06-01"))
             .await
             .unwrap(),
         None
@@ -436,7 +483,7 @@ async fn supersession_is_a_later_rehire_or_termination_of_the_same_person(db: Te
     later.effective_at = Some(at("2026-03-15T00:00:00Z"));
     s.append(&later).await.unwrap();
     let found = s
-        .supersession("T1", &key("T1", "2026-03-01"))
+        .supersession("T1", &key("T1", "2026-03-01"), t("2026-03-01"))
         .await
         .unwrap()
         .expect("superseded");
@@ -516,7 +563,12 @@ async fn the_worker_role_places_releases_and_cancels_but_cannot_delete_holds() {
     assert_eq!(batch.released.len(), 1);
     assert_eq!(
         worker
-            .cancel_holds("W2", "rehired", at(NOW))
+            .cancel_holds(
+                "W2",
+                rehire_elsewhere(&origin("r.csv", 0)),
+                "rehired",
+                at(NOW)
+            )
             .await
             .expect("worker cancels")
             .len(),
@@ -530,4 +582,90 @@ async fn the_worker_role_places_releases_and_cancels_but_cannot_delete_holds() {
         .expect_err("worker must not delete holds");
     assert!(err.to_string().contains("permission denied"), "{err}");
     worker.close().await;
+}
+
+/// A manifest that rehires someone (record 4, effective 04-05) and later in the
+/// file terminates them again after that date (record 5, effective 04-10): the
+/// termination stands, whichever message is handled first. The rehire still
+/// withdraws what comes earlier in its file, what is dated on or before it, and
+/// what other manifests hold; and a rehire earlier in the file does not count as
+/// superseding the later termination once that one has been seen.
+async fn a_rehire_leaves_a_later_dated_termination_later_in_its_own_file(db: TestDb) {
+    let s = &db.store;
+    let hold = |date: &str, origin: ManifestOrigin| NewHold {
+        manifest: Some(origin),
+        ..new_hold("P1", date, at(&format!("{date}T00:00:00Z")))
+    };
+    for (date, o) in [
+        ("2026-04-01", origin("m.json", 3)),
+        ("2026-04-10", origin("m.json", 5)),
+        ("2026-04-05", origin("m.json", 6)),
+        ("2026-04-20", origin("other.json", 9)),
+    ] {
+        s.place_hold(&hold(date, o), at(NOW)).await.unwrap();
+    }
+    let r = origin("m.json", 4);
+    let rehire = ManifestRecord {
+        origin: &r,
+        effective_at: at("2026-04-05T00:00:00Z"),
+    };
+    let mut cancelled: Vec<_> = s
+        .cancel_holds(
+            "P1",
+            rehire,
+            "rehired by manifest hr-drop/m.json (record 4)",
+            at(NOW),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.idempotency_key)
+        .collect();
+    cancelled.sort();
+    let mut expected = vec![
+        key("P1", "2026-04-01"),
+        key("P1", "2026-04-05"),
+        key("P1", "2026-04-20"),
+    ];
+    expected.sort();
+    assert_eq!(cancelled, expected);
+    let pending = s.pending_holds().await.unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].idempotency_key, key("P1", "2026-04-10"));
+
+    // The audit side: the termination (record 5) was seen, then the rehire
+    // (record 4) was recorded; it does not supersede the termination.
+    let t_origin = origin("m.json", 5);
+    let termination = ManifestRecord {
+        origin: &t_origin,
+        effective_at: at("2026-04-10T00:00:00Z"),
+    };
+    let mut seen = entry("P1", "2026-04-10", Outcome::Scheduled);
+    seen.manifest = Some(t_origin.clone());
+    seen.effective_at = Some(termination.effective_at);
+    s.append(&seen).await.unwrap();
+    let mut rehired = entry("P1", "2026-04-05", Outcome::Rescinded);
+    rehired.action = "rehire".into();
+    rehired.manifest = Some(r.clone());
+    rehired.effective_at = Some(rehire.effective_at);
+    rehired.idempotency_key = Some(IdempotencyKey::derive_rehire(
+        &ExternalId::parse("P1").unwrap(),
+        &TerminationDate::parse("2026-04-05").unwrap(),
+    ));
+    s.append(&rehired).await.unwrap();
+    let k = key("P1", "2026-04-10");
+    assert_eq!(s.supersession("P1", &k, termination).await.unwrap(), None);
+    assert_eq!(s.rehired_since("P1", termination).await.unwrap(), None);
+
+    // The same rehire from another manifest withdraws it.
+    let mut elsewhere = rehired.clone();
+    elsewhere.manifest = Some(origin("later.json", 0));
+    s.append(&elsewhere).await.unwrap();
+    let found = s
+        .supersession("P1", &k, termination)
+        .await
+        .unwrap()
+        .expect("superseded by the other manifest's rehire");
+    assert_eq!(found.action, "rehire");
+    assert_eq!(found.manifest.as_deref(), Some("hr-drop/later.json"));
 }
