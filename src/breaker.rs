@@ -207,6 +207,9 @@ pub struct FirstPass {
     pub terminations: u64,
     /// SHA-256 of every byte (64 lowercase hex digits).
     pub sha256: String,
+    /// The file's rehire records, for the second pass to withdraw the
+    /// terminations they supersede.
+    pub rehires: manifest::RehireIndex,
 }
 
 /// The dispatcher's first pass: streams the manifest once, counting distinct
@@ -223,11 +226,16 @@ pub fn count_and_hash<R: Read>(
         hash: Sha256::new(),
     };
     let mut terminations = 0u64;
+    let mut rehires = manifest::RehireIndex::default();
     let summary = manifest::read(&mut hashing, hint, |entry| {
-        if let Entry::Valid { record, .. } = &entry
-            && record.action == RecordAction::Terminate
+        if let Entry::Valid {
+            record, position, ..
+        } = &entry
         {
-            terminations += 1;
+            match record.action {
+                RecordAction::Terminate => terminations += 1,
+                RecordAction::Rehire => rehires.note(position.index, record),
+            }
         }
         ControlFlow::Continue(())
     })?;
@@ -238,6 +246,7 @@ pub fn count_and_hash<R: Read>(
         summary,
         terminations,
         sha256: hex::encode(hashing.hash.finalize()),
+        rehires,
     })
 }
 

@@ -981,7 +981,30 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
         let key = termination.idempotency_key.clone();
         if termination.record.action == RecordAction::Rehire {
             let step = self.rehire(message, termination, started).await;
-            self.notify(&step, Some(termination), None, |_| {});
+            self.notify(&step, Some(termination), None, |d| {
+                d.reason = Some(
+                    "a rehire record: cancels this person's pending terminations; \
+                     Genesys not contacted"
+                        .into(),
+                );
+            });
+            return step;
+        }
+
+        // The dispatcher saw the whole file: a rehire of this person later in it,
+        // or dated at or after this termination, withdraws it even when this
+        // message is handled first (the rehire may not be recorded yet).
+        if let Some(rehire) = termination.rehired_in_manifest {
+            let reason = format!(
+                "rehired by record {} of the same manifest {} (effective {})",
+                rehire.index,
+                origin_name(&termination.origin),
+                rehire
+                    .effective_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            );
+            let step = self.rescind(message, termination, &reason, started).await;
+            self.notify(&step, Some(termination), None, |d| d.reason = Some(reason));
             return step;
         }
 
@@ -2782,6 +2805,35 @@ mod tests {
             Step::Done(Outcome::Rescinded)
         );
         assert_eq!(f.engine.calls("E1"), 0);
+    }
+
+    /// A termination the dispatcher marked as withdrawn by a rehire later in
+    /// its file is rescinded without contacting Genesys, even though no rehire
+    /// is recorded yet (it is handled first).
+    #[tokio::test]
+    async fn a_termination_marked_rehired_in_its_manifest_is_rescinded_first() {
+        let (_clock, options) = at_clock("2026-03-01T00:00:00Z");
+        let f = fixture(5, options);
+        let mut m =
+            TerminationMessage::decode(&body_at("E1", "2026-02-20", RecordAction::Terminate, 0))
+                .unwrap();
+        m.rehired_in_manifest = Some(crate::domain::SameManifestRehire {
+            index: 7,
+            effective_at: t("2026-02-21T00:00:00Z"),
+        });
+        send(&f.queue, &[m.encode()]).await;
+        assert_eq!(
+            f.consumer.handle(receive_one(&f.queue).await).await,
+            Step::Done(Outcome::Rescinded)
+        );
+        assert_eq!(f.engine.calls("E1"), 0);
+        let rows = lock(&f.audit.rows).clone();
+        assert_eq!(rows.len(), 1);
+        let reason = rows[0].error_message.clone().unwrap_or_default();
+        assert!(
+            reason.contains("rehired by record 7 of the same manifest local/m.json"),
+            "{reason}"
+        );
     }
 
     /// One manifest: record 0 rehires E1 on 03-05, record 1 terminates E1 on

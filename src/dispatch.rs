@@ -627,8 +627,13 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             .await
             .map_err(|e| DispatchError::Task(e.to_string()))?;
         let origin = self.origin(source, &pin);
-        let (first, terminations, sha256) = match first {
-            Ok(counted) => (counted.summary, counted.terminations, counted.sha256),
+        let (first, terminations, sha256, rehires) = match first {
+            Ok(counted) => (
+                counted.summary,
+                counted.terminations,
+                counted.sha256,
+                counted.rehires,
+            ),
             Err(ManifestError::Io(source)) => {
                 return Err(DispatchError::Io {
                     manifest: name,
@@ -658,6 +663,15 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         };
         let manifest_id = breaker::manifest_id(&sha256);
         info!(manifest = name, manifest_id, ?first, "manifest validated");
+        if rehires.overflow > 0 {
+            warn!(
+                manifest = name,
+                remembered = rehires.people(),
+                not_remembered = rehires.overflow,
+                "more people rehired than one manifest's rehire index holds; for the rest, \
+                 a termination handled before its rehire is not withdrawn by it"
+            );
+        }
         match approved {
             Some(a) => {
                 if let Some(expected) = &a.sha256
@@ -714,9 +728,16 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                 } => {
                     let mut at = origin.clone();
                     at.index = Some(position.index);
-                    let message = TerminationMessage::new(
+                    let mut message = TerminationMessage::new(
                         record,
                         at,
+                        self.options.hr_timezone,
+                        self.options.effective_at,
+                    );
+                    message.rehired_in_manifest = rehires.withdrawing(
+                        position.index,
+                        &message.record,
+                        message.effective_at,
                         self.options.hr_timezone,
                         self.options.effective_at,
                     );

@@ -530,6 +530,18 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// A rehire record later in, or dated at or after, the same manifest's
+/// termination of that person: the dispatcher finds it while reading the whole
+/// file, so that the termination is withdrawn whichever message a worker handles
+/// first (README, "Rehires"). Carried in the termination message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SameManifestRehire {
+    /// The rehire's zero-based record index in the manifest.
+    pub index: u64,
+    /// When the rehire takes effect (UTC).
+    pub effective_at: DateTime<Utc>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,8 +27,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{
-    DomainError, ExternalId, IdempotencyKey, RecordAction, ScimUserId, TerminationDate,
-    TerminationRecord,
+    DomainError, EffectiveAt, ExternalId, IdempotencyKey, RecordAction, SameManifestRehire,
+    ScimUserId, TerminationDate, TerminationRecord,
 };
 
 /// Largest single record accepted, in bytes. A termination record is three short
@@ -42,6 +42,75 @@ pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
 /// repeat of a later one is enqueued and recognised by the consumer's
 /// idempotency check against the audit (never a second deactivation or count).
 pub const MAX_DEDUP_ENTRIES: usize = 1 << 18;
+
+/// Most people with a rehire record that one manifest's [`RehireIndex`]
+/// remembers (about 100 bytes each). Beyond it a rehire is still recorded when
+/// handled, and withdraws what the consumer's audit checks can see; only the
+/// guarantee that handling order does not matter is lost, and a warning says so.
+pub const MAX_REHIRED_PEOPLE: usize = 1 << 16;
+
+/// The rehire records of one manifest by externalId, gathered while the
+/// dispatcher's first pass reads the whole file, so that the second pass can
+/// tell each termination whether the file withdraws it (README, "Rehires"): a
+/// rehire of the same person later in the file, or one effective at or after
+/// the termination. Memory: at most [`MAX_REHIRED_PEOPLE`] people.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RehireIndex {
+    by_person: HashMap<ExternalId, Vec<(u64, TerminationDate)>>,
+    /// Rehire records of people not remembered (over the cap).
+    pub overflow: u64,
+}
+
+impl RehireIndex {
+    /// Notes `record` (record `index` of the file) if it is a rehire.
+    pub fn note(&mut self, index: u64, record: &TerminationRecord) {
+        if record.action != RecordAction::Rehire {
+            return;
+        }
+        let known = self.by_person.len();
+        match self.by_person.get_mut(&record.external_id) {
+            Some(v) => v.push((index, record.termination_date)),
+            None if known < MAX_REHIRED_PEOPLE => {
+                self.by_person.insert(
+                    record.external_id.clone(),
+                    vec![(index, record.termination_date)],
+                );
+            }
+            None => self.overflow += 1,
+        }
+    }
+
+    /// How many people have a rehire record remembered.
+    pub fn people(&self) -> usize {
+        self.by_person.len()
+    }
+
+    /// The rehire of this file that withdraws the termination `record` (record
+    /// `index`, effective at `effective_at`), if any: the latest in the file of
+    /// those later in the file or effective at or after it. Dates resolve as the
+    /// termination's do (`tz`, `at`). `None` for a rehire record itself.
+    pub fn withdrawing(
+        &self,
+        index: u64,
+        record: &TerminationRecord,
+        effective_at: chrono::DateTime<chrono::Utc>,
+        tz: chrono_tz::Tz,
+        at: EffectiveAt,
+    ) -> Option<SameManifestRehire> {
+        if record.action != RecordAction::Terminate {
+            return None;
+        }
+        self.by_person
+            .get(&record.external_id)?
+            .iter()
+            .map(|(i, date)| SameManifestRehire {
+                index: *i,
+                effective_at: date.effective_at(tz, at),
+            })
+            .filter(|r| r.index > index || r.effective_at >= effective_at)
+            .max_by_key(|r| r.index)
+    }
+}
 
 /// How much of the file start is examined to detect the format (bytes).
 const SNIFF_BYTES: usize = 64 * 1024;
@@ -1009,6 +1078,73 @@ fn read_csv<R: Read, F: FnMut(Entry) -> ControlFlow<()>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec(external_id: &str, date: &str, action: RecordAction) -> TerminationRecord {
+        TerminationRecord {
+            external_id: ExternalId::parse(external_id).unwrap(),
+            user_id: None,
+            termination_date: TerminationDate::parse(date).unwrap(),
+            action,
+        }
+    }
+
+    /// README, "Rehires": within one file a termination is withdrawn by a rehire
+    /// of the same person later in the file, or effective at or after it; one
+    /// later in the file and dated after every rehire stands.
+    #[test]
+    fn the_rehire_index_withdraws_what_the_file_order_and_dates_say() {
+        let (tz, at) = (chrono_tz::UTC, EffectiveAt::StartOfDay);
+        let mut index = RehireIndex::default();
+        index.note(4, &rec("E1", "2026-03-05", RecordAction::Rehire));
+        index.note(5, &rec("E2", "2026-03-05", RecordAction::Terminate));
+        assert_eq!(index.people(), 1, "only rehires are noted");
+        let judge = |i: u64, r: &TerminationRecord| {
+            index.withdrawing(i, r, r.termination_date.effective_at(tz, at), tz, at)
+        };
+        let earlier_in_file = rec("E1", "2026-03-10", RecordAction::Terminate);
+        let withdrawn = judge(2, &earlier_in_file).expect("the rehire comes later");
+        assert_eq!(withdrawn.index, 4);
+        assert_eq!(
+            withdrawn.effective_at,
+            TerminationDate::parse("2026-03-05")
+                .unwrap()
+                .effective_at(tz, at)
+        );
+        assert!(
+            judge(6, &rec("E1", "2026-03-05", RecordAction::Terminate)).is_some(),
+            "dated on the rehire's day: withdrawn"
+        );
+        assert!(
+            judge(6, &rec("E1", "2026-03-01", RecordAction::Terminate)).is_some(),
+            "dated before the rehire: withdrawn"
+        );
+        assert_eq!(
+            judge(6, &rec("E1", "2026-03-10", RecordAction::Terminate)),
+            None,
+            "later in the file and dated after the rehire: stands"
+        );
+        assert_eq!(
+            judge(0, &rec("E2", "2026-03-01", RecordAction::Terminate)),
+            None
+        );
+        assert_eq!(
+            judge(0, &rec("E1", "2026-03-01", RecordAction::Rehire)),
+            None
+        );
+    }
+
+    #[test]
+    fn the_rehire_index_is_bounded() {
+        let mut index = RehireIndex::default();
+        for i in 0..(MAX_REHIRED_PEOPLE as u64 + 3) {
+            index.note(
+                i,
+                &rec(&format!("P{i}"), "2026-03-05", RecordAction::Rehire),
+            );
+        }
+        assert_eq!(index.people(), MAX_REHIRED_PEOPLE);
+        assert_eq!(index.overflow, 3);
+    }
 
     fn collect(input: &str, hint: Option<Format>) -> Result<(Summary, Vec<Entry>), ManifestError> {
         let mut entries = Vec::new();

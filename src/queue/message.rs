@@ -8,7 +8,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::ManifestOrigin;
-use crate::domain::{EffectiveAt, IdempotencyKey, TerminationRecord};
+use crate::domain::{EffectiveAt, IdempotencyKey, SameManifestRehire, TerminationRecord};
 
 /// The message format version this build writes and understands.
 pub const MESSAGE_VERSION: u32 = 1;
@@ -28,6 +28,11 @@ pub struct TerminationMessage {
     /// The instant access must be gone (UTC): a date-only record resolved in the
     /// HR time zone when the manifest was dispatched.
     pub effective_at: DateTime<Utc>,
+    /// A rehire of the same person in the same manifest that withdraws this
+    /// termination (found by the dispatcher; `rehired_in_manifest`, absent when
+    /// none): the consumer rescinds it whatever it handles first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rehired_in_manifest: Option<SameManifestRehire>,
 }
 
 /// Why a body cannot be acted on. Every variant is permanent: the message goes
@@ -69,6 +74,7 @@ impl TerminationMessage {
             record,
             origin,
             effective_at,
+            rehired_in_manifest: None,
         }
     }
 
