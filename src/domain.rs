@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -166,6 +166,10 @@ pub enum EffectiveAt {
     EndOfDay,
 }
 
+/// The earliest year a `terminationDate` may name: earlier dates are refused as
+/// placeholders (`0000-01-01`, `1900-01-01`), not taken as long past.
+pub const MIN_TERMINATION_YEAR: i32 = 1970;
+
 /// The manifest's `terminationDate`: a calendar date in the HR time zone, or an
 /// RFC 3339 date-time with its own offset, taken as given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -195,17 +199,31 @@ impl TerminationDate {
             // 03/02/2026 is 2 March in most of the world and 3 February in the US.
             return Err(err("ambiguous date format; use YYYY-MM-DD or RFC 3339"));
         }
+        // An export that renders a missing date as 0000-01-01 or 1900-01-01 would
+        // otherwise deactivate at once: nobody left before the epoch.
+        let plausible = |year: i32| {
+            if year < MIN_TERMINATION_YEAR {
+                Err(err(
+                    "implausible date (before 1970): a placeholder for a missing date?",
+                ))
+            } else {
+                Ok(())
+            }
+        };
         if value.len() == 10 {
-            return NaiveDate::parse_from_str(value, "%Y-%m-%d")
-                .map(Self::Date)
-                .map_err(|_| err("not a valid YYYY-MM-DD date"));
+            let date = NaiveDate::parse_from_str(value, "%Y-%m-%d")
+                .map_err(|_| err("not a valid YYYY-MM-DD date"))?;
+            plausible(date.year())?;
+            return Ok(Self::Date(date));
         }
         if let Ok(dt) = DateTime::parse_from_rfc3339(value) {
+            plausible(dt.year())?;
             return Ok(Self::DateTime(dt));
         }
         if value.contains('T') || value.contains(' ') {
             return Err(err(
-                "not an RFC 3339 date-time (a time needs a Z or numeric offset)",
+                "not a valid RFC 3339 date-time such as 2026-03-02T17:00:00-05:00 \
+                 (the time needs a Z or a numeric offset of at most ±23:59)",
             ));
         }
         Err(err("use YYYY-MM-DD or an RFC 3339 date-time"))
@@ -583,6 +601,15 @@ mod tests {
         ] {
             assert!(TerminationDate::parse(bad).is_err(), "{bad:?} accepted");
         }
+        for placeholder in ["0000-01-01", "1900-01-01", "1969-12-31T23:00:00Z"] {
+            let err = TerminationDate::parse(placeholder).unwrap_err().to_string();
+            assert!(err.contains("placeholder"), "{placeholder:?}: {err}");
+        }
+        assert!(TerminationDate::parse("1970-01-01").is_ok());
+        let err = TerminationDate::parse("2026-01-15T10:00:00+25:00")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a valid RFC 3339 date-time"), "{err}");
     }
 
     #[test]
