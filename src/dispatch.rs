@@ -1127,7 +1127,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                     }
                     DispatchError::Fetch {
                         object: object.clone(),
-                        detail: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+                        detail: crate::queue::sqs::aws_error_text(&e),
                     }
                 })?;
                 let got = Pin {

@@ -39,6 +39,21 @@ where
     }
 }
 
+/// One line for an AWS SDK error (S3 or SQS): the service's error code and
+/// message when the service answered (e.g. `NoSuchKey: The specified key does
+/// not exist.`), else the error's causes (timeouts, connection failures). The
+/// SDK's own rendering of a service error carries the raw response, which is
+/// noise in a log line.
+pub fn aws_error_text<E>(e: &E) -> String
+where
+    E: std::error::Error + aws_sdk_sqs::error::ProvideErrorMetadata + 'static,
+{
+    match e.code() {
+        Some(code) => format!("{code}: {}", e.message().unwrap_or("(no message)")),
+        None => DisplayErrorContext(e).to_string(),
+    }
+}
+
 /// The AWS SDK configuration from its own sources (`AWS_REGION`,
 /// `AWS_ENDPOINT_URL`, the credential chain), as the SDK documents them.
 pub async fn load_aws_config() -> aws_config::SdkConfig {

@@ -514,3 +514,43 @@ async fn run_sandbox_on_the_example_manifest_reconciles() {
     assert_eq!(summary["tally"]["already_done"], 8);
     assert_eq!(summary["tally"]["outcomes"], serde_json::json!([]));
 }
+
+/// `dispatch` of an object that does not exist fails naming the object and
+/// S3's error code in one line, without the SDK's raw response (headers, XML).
+#[tokio::test]
+async fn dispatch_of_a_missing_object_names_it_and_the_s3_error() {
+    let aws = aws().await;
+    let db = fresh_postgres().await;
+    let queues = aws.queues(5, 30).await;
+    let bucket = unique("missing-manifests");
+    aws.s3
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket");
+    let env: Vec<(String, String)> = [
+        ("DATABASE_URL", db.url.clone()),
+        ("TERMINATIONS_QUEUE_URL", queues.terminations.clone()),
+        ("MESSAGE_SIGNING_KEYS", format!("k1:{}", "s".repeat(40))),
+        ("MAX_TERMINATIONS_SHARE", "1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let object = format!("s3://{bucket}/in/nothing-here.json");
+    let out = tokio::process::Command::new(bin())
+        .args(["dispatch", &object])
+        .envs(env.iter().cloned())
+        .output()
+        .await
+        .expect("run deprovision");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&object), "{err}");
+    assert!(err.contains("NoSuchKey"), "{err}");
+    for noise in ["<?xml", "x-amz", "headers"] {
+        assert!(!err.contains(noise), "{noise} in {err}");
+    }
+    assert_eq!(aws.depth(&queues.terminations).await, 0);
+}
