@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
     MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
@@ -30,12 +29,25 @@ pub struct SqsQueue {
 
 fn service_error<E>(operation: &'static str, queue: &str, e: E) -> QueueError
 where
-    E: std::error::Error + 'static,
+    E: std::error::Error + aws_sdk_sqs::error::ProvideErrorMetadata + 'static,
 {
     QueueError::Service {
         operation,
         queue: queue.to_owned(),
-        detail: DisplayErrorContext(&e).to_string(),
+        detail: aws_error_text(&e),
+    }
+}
+
+/// A request this process could not even build (a missing required field).
+fn build_error(
+    operation: &'static str,
+    queue: &str,
+    e: aws_sdk_sqs::error::BuildError,
+) -> QueueError {
+    QueueError::Service {
+        operation,
+        queue: queue.to_owned(),
+        detail: causes(&e),
     }
 }
 
@@ -50,8 +62,24 @@ where
 {
     match e.code() {
         Some(code) => format!("{code}: {}", e.message().unwrap_or("(no message)")),
-        None => DisplayErrorContext(e).to_string(),
+        None => causes(e),
     }
+}
+
+/// `e` and its sources, joined with ": " (the SDK's `DisplayErrorContext` adds
+/// the error's `Debug`, raw response included).
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// The AWS SDK configuration from its own sources (`AWS_REGION`,
@@ -260,7 +288,7 @@ impl Queue for SqsQueue {
                     .data_type("String")
                     .string_value(v)
                     .build()
-                    .map_err(|e| service_error("SendMessageBatch", &self.url, e))?;
+                    .map_err(|e| build_error("SendMessageBatch", &self.url, e))?;
                 attributes.insert(k.clone(), value);
             }
             let delay = m.delay.min(super::MAX_DELAY).as_secs() as i32;
@@ -270,7 +298,7 @@ impl Queue for SqsQueue {
                 .delay_seconds(delay)
                 .set_message_attributes((!attributes.is_empty()).then_some(attributes))
                 .build()
-                .map_err(|e| service_error("SendMessageBatch", &self.url, e))?;
+                .map_err(|e| build_error("SendMessageBatch", &self.url, e))?;
             entries.push(entry);
         }
         let out = self
@@ -298,7 +326,7 @@ impl Queue for SqsQueue {
                     .id(i.to_string())
                     .receipt_handle(r)
                     .build()
-                    .map_err(|e| service_error("DeleteMessageBatch", &self.url, e))?,
+                    .map_err(|e| build_error("DeleteMessageBatch", &self.url, e))?,
             );
         }
         let out = self
