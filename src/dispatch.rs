@@ -31,7 +31,7 @@ use crate::clock::Clock;
 use crate::consume::{AuditSink, DEFAULT_MAX_FUTURE_DAYS, too_far_ahead};
 use crate::domain::{EffectiveAt, Outcome, RecordAction, TerminationRecord};
 use crate::manifest::{self, Entry, Format, ManifestError, Summary};
-use crate::queue::{MAX_BATCH, OutgoingMessage, Queue, TerminationMessage, truncate};
+use crate::queue::{MAX_BATCH, OutgoingMessage, Queue, TerminationMessage, attr, truncate};
 use crate::signing::MessageAuth;
 
 /// An S3 client from the SDK configuration. With a custom endpoint
@@ -306,6 +306,11 @@ pub struct DispatchOptions {
     pub max_future_days: u32,
     /// "Now", for the `MAX_FUTURE_DAYS` check.
     pub clock: Clock,
+    /// Mark every message as a replay ([`attr::REPLAYED`]), so that a
+    /// termination an earlier run left dead-lettered (failed, forbidden,
+    /// ambiguous, …) is attempted again (`run --retry-failed`); finished ones are
+    /// still skipped. Off by default.
+    pub retry_dead_lettered: bool,
 }
 
 impl Default for DispatchOptions {
@@ -321,6 +326,7 @@ impl Default for DispatchOptions {
             breaker: None,
             max_future_days: DEFAULT_MAX_FUTURE_DAYS,
             clock: Clock::system(),
+            retry_dead_lettered: false,
         }
     }
 }
@@ -612,8 +618,16 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         span: &tracing::Span,
     ) -> Result<DispatchReport, DispatchError> {
         let dry_run = self.options.dry_run || !enqueue;
-        let mut trace = std::collections::BTreeMap::new();
-        crate::telemetry::inject_into(span, &mut trace);
+        // Attributes every message of this dispatch carries: the trace context,
+        // and the replay mark of `run --retry-failed`.
+        let mut common = std::collections::BTreeMap::new();
+        crate::telemetry::inject_into(span, &mut common);
+        if self.options.retry_dead_lettered {
+            common.insert(
+                attr::REPLAYED.to_owned(),
+                self.options.clock.now().to_rfc3339(),
+            );
+        }
         let name = source.name();
         let hint = source.hint();
         let first_pin = approved
@@ -787,7 +801,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                     batch.push(OutgoingMessage {
                         attributes: {
                             let mut attributes = self.options.signing.sign(&body);
-                            attributes.extend(trace.clone());
+                            attributes.extend(common.clone());
                             attributes
                         },
                         body,

@@ -262,6 +262,15 @@ impl ScimClient {
         }
     }
 
+    /// Gets the primary credential's token now (it is cached for the
+    /// terminations that follow), so that a command can refuse to start on
+    /// credentials the login server refuses instead of failing every
+    /// termination. A static bearer token is not checked. Errors: the
+    /// [`crate::scim::AuthError`] of the token request.
+    pub async fn login(&self, deadline: Instant) -> Result<(), crate::scim::AuthError> {
+        self.inner.primary.token(deadline).await.map(|_| ())
+    }
+
     /// The shared rate limiter.
     pub fn limiter(&self) -> &RateLimiter {
         &self.inner.limiter
