@@ -61,6 +61,11 @@ pub struct RunArgs {
     /// Resolve and plan only; change nothing (audit rows say `dry_run`).
     #[arg(long)]
     pub dry_run: bool,
+    /// Attempt again the terminations an earlier run left failed, forbidden,
+    /// ambiguous or mismatched (after fixing the cause); finished ones are
+    /// still skipped.
+    #[arg(long)]
+    pub retry_failed: bool,
     /// Summary format on standard output.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -234,6 +239,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         (Engine::from_args(&args.scim).context("SCIM client")?, None)
     };
+    // Credentials the login server refuses would fail every termination one by
+    // one: refuse to start instead (the token is cached for the run).
+    let login_deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    if let Err(e) = engine.client().login(login_deadline).await {
+        if let Some(sim) = sim {
+            sim.shutdown().await;
+        }
+        return Err(anyhow::Error::new(e)
+            .context("refusing to start: cannot get a token for the primary OAuth client"));
+    }
     let scim_target = match &sim {
         Some(sim) => format!("sandbox simulator at {}", sim.base_url()),
         None => match args.scim.target() {
@@ -269,6 +284,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             // A dry run changes nothing, and is how a reviewer sees the plan of
             // a manifest the breaker would hold: it is assessed, not held.
             breaker: (!args.dry_run).then(|| breaker.clone()),
+            retry_dead_lettered: args.retry_failed,
             ..DispatchOptions::default()
         },
     );
@@ -738,7 +754,8 @@ fn render_text(s: &Summary, decisions: &[Decision]) -> String {
     if s.failed > 0 {
         let _ = writeln!(
             out,
-            "{} termination(s) failed or still need review from an earlier run",
+            "{} termination(s) not deprovisioned (failed in this run, or left failed by an \
+             earlier one): fix the cause, then run again with --retry-failed",
             s.failed
         );
     }

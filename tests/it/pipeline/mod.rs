@@ -554,3 +554,101 @@ async fn dispatch_of_a_missing_object_names_it_and_the_s3_error() {
     }
     assert_eq!(aws.depth(&queues.terminations).await, 0);
 }
+
+/// `run` with a client secret the login server refuses stops before anything
+/// is enqueued, naming the primary client (not its secret), instead of
+/// failing every person one by one.
+#[tokio::test]
+async fn run_with_refused_credentials_refuses_to_start() {
+    let aws = aws().await;
+    let db = fresh_postgres().await;
+    let queues = aws.queues(5, 30).await;
+    let recs = records("LC", 2);
+    let (config, _) = sim_config(&recs);
+    let sim = start_sim(config).await;
+    let wrong = "wrong-secret-7d1f0c";
+    let mut env = env_for(&sim, &db.url, &queues);
+    env.retain(|(k, _)| k != "PRIMARY_CLIENT_SECRET");
+    env.push(("PRIMARY_CLIENT_SECRET".into(), wrong.into()));
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("m.json");
+    std::fs::write(&path, json_manifest(&recs)).expect("write");
+    let out = tokio::process::Command::new(bin())
+        .args(["run", &path.display().to_string()])
+        .envs(env.iter().cloned())
+        .output()
+        .await
+        .expect("run deprovision");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to start"), "{err}");
+    assert!(err.contains(PRIMARY.0), "names the client: {err}");
+    assert!(!err.contains(wrong), "the secret leaked: {err}");
+    let rows = db.store.termination_rows(None, None).await.expect("rows");
+    assert!(rows.is_empty(), "nothing dispatched: {rows:?}");
+    assert_eq!(sim.stats().count(ResourceKind::User, "PATCH"), 0);
+}
+
+/// A person an earlier `run` left `forbidden` (the org refused both clients) is
+/// listed, and a plain rerun does not touch them again (exit 1); once the cause
+/// is fixed, `run --retry-failed` deactivates them and leaves the finished ones
+/// alone.
+#[tokio::test]
+async fn run_retry_failed_attempts_dead_lettered_people_again() {
+    let aws = aws().await;
+    let db = fresh_postgres().await;
+    let queues = aws.queues(5, 30).await;
+    let recs = records("RF", 3);
+    let (config, seed) = sim_config(&recs);
+    let denied = user_id_of(&seed, "RF0002");
+    let sim = start_sim(config.with_denied(denied.clone())).await;
+    let env = env_for(&sim, &db.url, &queues);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("m.json");
+    std::fs::write(&path, json_manifest(&recs)).expect("write");
+    let path = path.display().to_string();
+    let run = |extra: &'static [&'static str]| {
+        let env = env.clone();
+        let path = path.clone();
+        async move {
+            let mut args = vec!["run", "--format", "json"];
+            args.extend_from_slice(extra);
+            args.push(&path);
+            let out = tokio::process::Command::new(bin())
+                .args(&args)
+                .envs(env.iter().cloned())
+                .output()
+                .await
+                .expect("run deprovision");
+            let summary: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            (
+                out.status,
+                summary,
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+
+    let (status, summary, err) = run(&[]).await;
+    assert_eq!(status.code(), Some(1), "{summary}\n{err}");
+    assert_eq!(
+        summary["tally"]["outcomes"],
+        serde_json::json!([["deactivated", 2], ["forbidden", 1]])
+    );
+    sim.allow(&denied);
+
+    let (status, summary, err) = run(&[]).await;
+    assert_eq!(status.code(), Some(1), "still not done: {summary}\n{err}");
+    assert_eq!(summary["tally"]["already_done"], 3);
+    assert!(sim.users_by_external_id("RF0002")[0].active);
+
+    let (status, summary, err) = run(&["--retry-failed"]).await;
+    assert!(status.success(), "{summary}\n{err}");
+    assert_eq!(summary["tally"]["already_done"], 2);
+    assert_eq!(
+        summary["tally"]["outcomes"],
+        serde_json::json!([["deactivated", 1]])
+    );
+    assert!(!sim.users_by_external_id("RF0002")[0].active);
+}
