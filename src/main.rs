@@ -9,7 +9,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    deprovision::config::load_dotenv();
+    // Before clap reads its `env` fallbacks, and fail closed: a `.env` that cannot
+    // be parsed whole would otherwise drop settings such as PROTECTED_USERS.
+    if let Err(e) = deprovision::config::load_dotenv() {
+        eprintln!("error: {e}");
+        return ExitCode::from(deprovision::config::EXIT_CONFIG);
+    }
     let cli = cli::Cli::parse();
     // Declared before the runtime so that it drops after it: the last spans and
     // metrics are flushed once every task has finished.

@@ -4,6 +4,7 @@
 
 mod audit;
 mod claims;
+mod dotenv_file;
 mod dry_run;
 mod engine;
 mod holds;
