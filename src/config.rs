@@ -400,25 +400,42 @@ impl ConsumerArgs {
     }
 }
 
-/// Who runs an operator command (`user`, `replay-dlq`), recorded as the actor of
-/// its audit rows.
+/// Who runs an operator command (`approve`, `reject`, `run --approve`, `user`,
+/// `replay-dlq`), recorded as the actor of its audit rows: `--by`, else `USER`,
+/// else the command's fallback (`operator`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ActorArgs {
-    /// Who ran this, recorded in the audit (default: the OS user, `USER`).
-    #[arg(long = "by", visible_alias = "actor", env = "USER")]
+    /// Who ran this, recorded in the audit (default: the OS user, `USER`, else
+    /// `operator`). A blank name is refused.
+    #[arg(long = "by", visible_alias = "actor", value_parser = parse_actor)]
     pub by: Option<String>,
 }
 
+/// `--by`'s value, trimmed. Errors: a blank name (an audit row must say who).
+fn parse_actor(raw: &str) -> Result<String, String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(
+            "a blank name cannot be audited; give who runs this, e.g. --by alice (or omit --by to record USER)"
+                .to_owned(),
+        );
+    }
+    Ok(name.to_owned())
+}
+
 impl ActorArgs {
-    /// The actor, or `fallback` when neither `--by` nor `USER` names one (e.g.
-    /// in a container).
+    /// The actor: `--by`, else a non-blank `USER`, else `fallback` (e.g. in a
+    /// container, where `USER` is unset).
     pub fn or(&self, fallback: &str) -> String {
         self.by
-            .as_deref()
-            .map(str::trim)
-            .filter(|b| !b.is_empty())
-            .unwrap_or(fallback)
-            .to_owned()
+            .clone()
+            .or_else(|| {
+                std::env::var("USER")
+                    .ok()
+                    .map(|u| u.trim().to_owned())
+                    .filter(|u| !u.is_empty())
+            })
+            .unwrap_or_else(|| fallback.to_owned())
     }
 }
 

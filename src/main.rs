@@ -15,7 +15,10 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(deprovision::config::EXIT_CONFIG);
     }
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return cli::usage_error(&e),
+    };
     // Declared before the runtime so that it drops after it: the last spans and
     // metrics are flushed once every task has finished.
     let _telemetry = deprovision::telemetry::init(cli.log_format);

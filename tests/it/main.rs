@@ -9,6 +9,7 @@ mod dry_run;
 mod engine;
 mod holds;
 mod manifest;
+mod operator_rails;
 mod pipeline;
 mod rails;
 mod report;
