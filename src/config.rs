@@ -31,8 +31,8 @@ pub enum ConfigError {
 }
 
 /// Exit status of a configuration that cannot be used (a `.env` that cannot be
-/// parsed): 78, `EX_CONFIG` of BSD `sysexits.h`, distinct from the commands' own
-/// statuses (1, 2, 3, 75).
+/// parsed, or a [`ConfigError`]: a setting missing or invalid): 78, `EX_CONFIG`
+/// of BSD `sysexits.h`, distinct from the commands' own statuses (1, 2, 3, 75).
 pub const EXIT_CONFIG: u8 = 78;
 
 /// A `.env` file that exists but cannot be used. It never carries text from the

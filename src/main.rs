@@ -39,7 +39,15 @@ fn main() -> ExitCode {
             // secrets (secret types redact themselves).
             tracing::error!(error = format!("{e:#}"), "command failed");
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A setting that cannot be used (named in the message) is not a
+            // failed run: a scheduler or operator fixes the configuration.
+            if e.chain()
+                .any(|c| c.is::<deprovision::config::ConfigError>())
+            {
+                ExitCode::from(deprovision::config::EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -4,7 +4,8 @@
 //! have held the manifest; a held `run --format json` prints a document saying
 //! so and names `run … --approve` as the way on; a dry run after `reject` says
 //! the content was rejected; `dispatch --dry-run` reports the breaker's verdict
-//! without recording a hold.
+//! without recording a hold; a refused command-line value exits 64 naming the
+//! environment variable it came from, an unusable setting exits 78.
 
 use deprovision::audit::AuditStore;
 use sha2::{Digest, Sha256};
@@ -293,4 +294,37 @@ async fn dispatch_dry_run_reports_what_the_breaker_would_do() {
     assert_eq!(report["would_enqueue"], 6, "{report}");
     assert!(report["would_hold"].is_null(), "{report}");
     assert_eq!(report["breaker"]["wouldHold"], false, "{report}");
+}
+
+/// A refused command-line value exits 64 (EX_USAGE, not 2, which means "the
+/// file is rejected whole") and, when it came from an environment variable,
+/// names the variable; a setting that cannot be used exits 78 (EX_CONFIG)
+/// naming it. Nothing is opened either way.
+#[tokio::test]
+async fn configuration_errors_exit_with_their_own_codes_naming_the_variable() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (path, _) = manifest(dir.path(), "CE", 2);
+    let db = format!("sqlite://{}", dir.path().join("sandbox.db").display());
+    let sandbox = ["run", "--sandbox", "--sandbox-database-url", &db, &path];
+
+    let (code, out, err) = run(&sandbox, &[("REMOVE_ROLES", "yes")]).await;
+    assert_eq!(code, Some(64), "{out}\n{err}");
+    assert!(err.contains("--remove-roles"), "{err}");
+    assert!(err.contains("environment variable REMOVE_ROLES"), "{err}");
+
+    // Given on the command line, the flag is the source: no variable named.
+    let mut flagged = sandbox.to_vec();
+    flagged.extend(["--concurrency", "many"]);
+    let (code, _, err) = run(&flagged, &[("REMOVE_ROLES", "true")]).await;
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--concurrency"), "{err}");
+    assert!(!err.contains("environment variable"), "{err}");
+
+    let (code, out, err) = run(&sandbox, &[("MAX_TERMINATIONS_SHARE", "2")]).await;
+    assert_eq!(code, Some(78), "{out}\n{err}");
+    assert!(err.contains("MAX_TERMINATIONS_SHARE"), "{err}");
+    assert!(
+        !dir.path().join("sandbox.db").exists(),
+        "nothing was opened"
+    );
 }
