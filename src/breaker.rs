@@ -164,6 +164,50 @@ pub enum Gate {
     },
 }
 
+/// What the breaker would do with one manifest, nothing recorded
+/// ([`Breaker::preview`]).
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// Why a dispatch without approval would be held (a limit it trips, a hold
+    /// still undecided, or a rejection); `None` when it would proceed.
+    pub hold: Option<String>,
+    /// The org's active users, when the share limit needed them (or the count
+    /// recorded with an earlier hold).
+    pub active_users: Option<u64>,
+    /// The decision recorded earlier for this content (held, approved or
+    /// rejected), if any.
+    pub earlier: Option<HeldManifest>,
+}
+
+impl Preview {
+    /// The earlier rejection of this content, if it was rejected.
+    pub fn rejected(&self) -> Option<&HeldManifest> {
+        self.earlier
+            .as_ref()
+            .filter(|h| h.state == ManifestHoldState::Rejected)
+    }
+}
+
+/// Why content decided earlier is held now: still undecided, or rejected;
+/// `None` once approved.
+fn decided_reason(existing: &HeldManifest) -> Option<String> {
+    match existing.state {
+        ManifestHoldState::Approved => None,
+        ManifestHoldState::Held => Some(format!(
+            "already held since {}: {}",
+            existing.held_at.to_rfc3339(),
+            existing.reason
+        )),
+        ManifestHoldState::Rejected => Some(format!(
+            "this content was rejected by {} at {}; it is never dispatched",
+            existing.decided_by.as_deref().unwrap_or("unknown"),
+            existing
+                .decided_at
+                .map_or_else(String::new, |t| t.to_rfc3339())
+        )),
+    }
+}
+
 /// The breaker: limits, the SCIM client that counts active users, and the store
 /// of holds.
 #[derive(Debug, Clone)]
@@ -306,6 +350,30 @@ impl Breaker {
         Ok((self.limits.over_share(terminations, n), Some(n)))
     }
 
+    /// What [`Breaker::gate`] would decide for `manifest_id` with `terminations`,
+    /// recording nothing: for dry runs, and for `run --approve` to audit an
+    /// approval only when it overrides a hold. Errors: the store, or the
+    /// active-user count ([`Breaker::assess`]).
+    pub async fn preview(
+        &self,
+        manifest_id: &str,
+        terminations: u64,
+    ) -> Result<Preview, BreakerError> {
+        if let Some(existing) = self.store.held_manifest(manifest_id).await? {
+            return Ok(Preview {
+                hold: decided_reason(&existing),
+                active_users: existing.active_users,
+                earlier: Some(existing),
+            });
+        }
+        let (hold, active_users) = self.assess(terminations).await?;
+        Ok(Preview {
+            hold,
+            active_users,
+            earlier: None,
+        })
+    }
+
     /// Decides whether the manifest `draft` describes (state and decision fields
     /// are ignored) may be dispatched. An id decided earlier keeps its decision
     /// (approved content proceeds; rejected or still-held content is held);
@@ -313,26 +381,9 @@ impl Breaker {
     /// Errors: the store, or the active-user count.
     pub async fn gate(&self, draft: &HeldManifest) -> Result<Gate, BreakerError> {
         if let Some(existing) = self.store.held_manifest(&draft.manifest_id).await? {
-            return Ok(match existing.state {
-                ManifestHoldState::Approved => Gate::Proceed,
-                ManifestHoldState::Held => Gate::Hold {
-                    reason: format!(
-                        "already held since {}: {}",
-                        existing.held_at.to_rfc3339(),
-                        existing.reason
-                    ),
-                    new: false,
-                },
-                ManifestHoldState::Rejected => Gate::Hold {
-                    reason: format!(
-                        "this content was rejected by {} at {}; it is never dispatched",
-                        existing.decided_by.as_deref().unwrap_or("unknown"),
-                        existing
-                            .decided_at
-                            .map_or_else(String::new, |t| t.to_rfc3339())
-                    ),
-                    new: false,
-                },
+            return Ok(match decided_reason(&existing) {
+                None => Gate::Proceed,
+                Some(reason) => Gate::Hold { reason, new: false },
             });
         }
         let (reason, active) = self.assess(draft.terminations).await?;

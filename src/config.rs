@@ -7,6 +7,7 @@
 //! (`GENESYS_ORG_URL`, `PRIMARY_CLIENT_ID`, …) keep working.
 
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono_tz::Tz;
@@ -29,12 +30,213 @@ pub enum ConfigError {
     Invalid { name: &'static str, reason: String },
 }
 
+/// Exit status of a configuration that cannot be used (a `.env` that cannot be
+/// parsed, or a [`ConfigError`]: a setting missing or invalid): 78, `EX_CONFIG`
+/// of BSD `sysexits.h`, distinct from the commands' own statuses (1, 2, 3, 75).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// A `.env` file that exists but cannot be used. It never carries text from the
+/// file (a value may be a secret): only the path, the 1-based line number, the
+/// variable's name when the line has a usable one, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum DotenvError {
+    /// The file exists but cannot be read (permissions, a directory, not UTF-8).
+    #[error("{path}: cannot be read ({source}); nothing from it was loaded")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// One line is not `NAME=value` as `.env` files write it.
+    #[error(
+        "{path}, line {line}{}: {problem}; nothing from it was loaded, so no command runs (quote values that contain spaces, quotes, `$` or `#`: NAME=\"a b\" or NAME='a b')",
+        name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+    )]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// 1-based physical line number.
+        line: usize,
+        /// The variable the line sets, when its name is well-formed.
+        name: Option<String>,
+        /// What is wrong, without the value.
+        problem: DotenvProblem,
+    },
+}
+
+/// What is wrong with one `.env` line (never its text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DotenvProblem {
+    /// No `=` after a name.
+    #[error("not NAME=value (no `=` after a variable name)")]
+    NotAssignment,
+    /// The text before `=` is not a variable name.
+    #[error(
+        "the text before `=` is not a variable name (letters, digits, `_`, `.`; not starting with a digit)"
+    )]
+    BadName,
+    /// A `'` or `"` opened and not closed on the same line.
+    #[error(
+        "a quote (' or \") is opened and not closed on this line (values spanning several lines are not accepted)"
+    )]
+    UnclosedQuote,
+    /// `${` without its `}`.
+    #[error("`${{` without a closing `}}`")]
+    UnclosedSubstitution,
+    /// A backslash at the end of the line or before a character it cannot escape.
+    #[error("a backslash escape that .env files do not know (or one at the end of the line)")]
+    BadEscape,
+    /// Unquoted text after a space in the value.
+    #[error("the unquoted value contains a space")]
+    SpaceInValue,
+    /// Anything else the parser refused.
+    #[error("not a valid NAME=value line")]
+    Unparseable,
+}
+
 /// Loads `.env` from the working directory, if there is one, into the process
-/// environment so that clap's `env` fallbacks see it. Variables already set win.
-/// Call once, before parsing the command line.
-pub fn load_dotenv() {
-    // A missing .env is the normal case in production (ECS injects variables).
-    let _ = dotenvy::dotenv();
+/// environment so that clap's `env` fallbacks see it; variables already set win,
+/// and the first of two lines setting one variable wins. Call once, before
+/// parsing the command line and before any thread is started.
+///
+/// Fails closed: every line is checked before any is loaded, so a malformed line
+/// (e.g. `PROTECTED_GROUPS=Group 1`, unquoted) stops start-up instead of silently
+/// dropping the lines after it. A value spanning several lines is refused too,
+/// since an unclosed quote would otherwise swallow the following lines. A missing
+/// `.env` is the normal case in production (ECS injects variables): `Ok(None)`.
+/// Returns the path loaded. Errors: [`DotenvError`], naming the file and line.
+/// Syntax: dotenvy 0.15's (`export` prefix, `'…'`, `"…"`, `${VAR}`, `#` comments).
+pub fn load_dotenv() -> Result<Option<PathBuf>, DotenvError> {
+    let path = std::env::current_dir()
+        .map(|d| d.join(".env"))
+        .unwrap_or_else(|_| PathBuf::from(".env"));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(DotenvError::Read { path, source }),
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    check_dotenv(text).map_err(|(line, name, problem)| DotenvError::Line {
+        path: path.clone(),
+        line,
+        name,
+        problem,
+    })?;
+    // Every line parsed on its own, so parsing the whole file cannot join lines
+    // and gives the same pairs; a failure here still loads nothing.
+    let pairs = dotenvy::from_read_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| DotenvError::Line {
+            path: path.clone(),
+            line: 0,
+            name: None,
+            problem: DotenvProblem::Unparseable,
+        })?;
+    let mut seen = std::collections::HashSet::new();
+    for (key, value) in pairs {
+        if seen.insert(key.clone()) && std::env::var_os(&key).is_none() {
+            // SAFETY: called from `main` before the runtime or any other thread
+            // exists, so nothing reads the environment concurrently.
+            unsafe { std::env::set_var(&key, value) };
+        }
+    }
+    Ok(Some(path))
+}
+
+/// Checks each physical line of a `.env` text on its own with dotenvy's parser.
+/// Errors: the 1-based line number, the variable name if well-formed, the problem.
+fn check_dotenv(text: &str) -> Result<(), (usize, Option<String>, DotenvProblem)> {
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let body = line.trim_end_matches(['\n', '\r']);
+        // The newline matters: dotenvy's line reader treats trailing blanks before
+        // EOF as an unfinished line.
+        let alone = format!("{body}\n");
+        if dotenvy::from_read_iter(alone.as_bytes()).any(|item| item.is_err()) {
+            let (name, problem) = diagnose_dotenv_line(body);
+            return Err((i + 1, name, problem));
+        }
+    }
+    Ok(())
+}
+
+/// Why dotenvy refused `line`, and the variable it sets if its name is
+/// well-formed. Only called on lines the parser refused.
+fn diagnose_dotenv_line(line: &str) -> (Option<String>, DotenvProblem) {
+    let mut rest = line.trim_start();
+    if let Some(after) = rest.strip_prefix("export")
+        && after.starts_with(char::is_whitespace)
+    {
+        rest = after.trim_start();
+    }
+    let Some((key, value)) = rest.split_once('=') else {
+        return (None, DotenvProblem::NotAssignment);
+    };
+    let key = key.trim_end();
+    let well_formed = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if !well_formed {
+        return (None, DotenvProblem::BadName);
+    }
+    (Some(key.to_owned()), diagnose_value(value.trim()))
+}
+
+/// Walks a value the way dotenvy 0.15 does (`parse_value`), reporting the first
+/// thing it would refuse.
+fn diagnose_value(value: &str) -> DotenvProblem {
+    let (mut strong, mut weak, mut escaped, mut in_block, mut dollar) =
+        (false, false, false, false, false);
+    let mut ended = false;
+    for c in value.chars() {
+        if ended {
+            if c == ' ' || c == '\t' {
+                continue;
+            }
+            return if c == '#' {
+                DotenvProblem::Unparseable
+            } else {
+                DotenvProblem::SpaceInValue
+            };
+        }
+        if escaped {
+            if !matches!(c, '\\' | '\'' | '"' | '$' | ' ' | 'n') {
+                return DotenvProblem::BadEscape;
+            }
+            escaped = false;
+        } else if strong {
+            strong = c != '\'';
+        } else if in_block {
+            in_block = c != '}';
+        } else if dollar && c == '{' {
+            in_block = true;
+        } else if weak {
+            match c {
+                '"' => weak = false,
+                '\\' => escaped = true,
+                _ => {}
+            }
+        } else {
+            match c {
+                '\'' => strong = true,
+                '"' => weak = true,
+                '\\' => escaped = true,
+                ' ' | '\t' => ended = true,
+                _ => {}
+            }
+        }
+        dollar = c == '$' && !strong;
+    }
+    if in_block {
+        DotenvProblem::UnclosedSubstitution
+    } else if strong || weak {
+        DotenvProblem::UnclosedQuote
+    } else if escaped {
+        DotenvProblem::BadEscape
+    } else {
+        DotenvProblem::Unparseable
+    }
 }
 
 /// Where the Genesys Cloud (or any SCIM 2.0) service is and how to authenticate.
@@ -198,25 +400,42 @@ impl ConsumerArgs {
     }
 }
 
-/// Who runs an operator command (`user`, `replay-dlq`), recorded as the actor of
-/// its audit rows.
+/// Who runs an operator command (`approve`, `reject`, `run --approve`, `user`,
+/// `replay-dlq`), recorded as the actor of its audit rows: `--by`, else `USER`,
+/// else the command's fallback (`operator`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ActorArgs {
-    /// Who ran this, recorded in the audit (default: the OS user, `USER`).
-    #[arg(long = "by", visible_alias = "actor", env = "USER")]
+    /// Who ran this, recorded in the audit (default: the OS user, `USER`, else
+    /// `operator`). A blank name is refused.
+    #[arg(long = "by", visible_alias = "actor", value_parser = parse_actor)]
     pub by: Option<String>,
 }
 
+/// `--by`'s value, trimmed. Errors: a blank name (an audit row must say who).
+fn parse_actor(raw: &str) -> Result<String, String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(
+            "a blank name cannot be audited; give who runs this, e.g. --by alice (or omit --by to record USER)"
+                .to_owned(),
+        );
+    }
+    Ok(name.to_owned())
+}
+
 impl ActorArgs {
-    /// The actor, or `fallback` when neither `--by` nor `USER` names one (e.g.
-    /// in a container).
+    /// The actor: `--by`, else a non-blank `USER`, else `fallback` (e.g. in a
+    /// container, where `USER` is unset).
     pub fn or(&self, fallback: &str) -> String {
         self.by
-            .as_deref()
-            .map(str::trim)
-            .filter(|b| !b.is_empty())
-            .unwrap_or(fallback)
-            .to_owned()
+            .clone()
+            .or_else(|| {
+                std::env::var("USER")
+                    .ok()
+                    .map(|u| u.trim().to_owned())
+                    .filter(|u| !u.is_empty())
+            })
+            .unwrap_or_else(|| fallback.to_owned())
     }
 }
 
@@ -521,6 +740,62 @@ impl ScimArgs {
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn each_malformed_env_line_is_refused_with_its_number_and_name_never_its_value() {
+        let cases = [
+            (
+                "PROTECTED_GROUPS=Group 1",
+                Some("PROTECTED_GROUPS"),
+                DotenvProblem::SpaceInValue,
+            ),
+            ("NOTE=it's fine", Some("NOTE"), DotenvProblem::UnclosedQuote),
+            ("KEY=va\"lue", Some("KEY"), DotenvProblem::UnclosedQuote),
+            (
+                "FOO=${BAR",
+                Some("FOO"),
+                DotenvProblem::UnclosedSubstitution,
+            ),
+            ("this is not valid", None, DotenvProblem::NotAssignment),
+            (
+                "export SECRET=a\\q",
+                Some("SECRET"),
+                DotenvProblem::BadEscape,
+            ),
+            ("9LIVES=x", None, DotenvProblem::BadName),
+        ];
+        for (bad, name, problem) in cases {
+            let text = format!("# comment\nA=1\r\n{bad}\nPROTECTED_USERS=EMP1\n");
+            let (line, got_name, got) = check_dotenv(&text).unwrap_err();
+            assert_eq!(
+                (line, got_name.as_deref(), got),
+                (3, name, problem),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn well_formed_env_lines_pass_including_quoted_spaces_and_trailing_blanks() {
+        let text =
+            "A=1\nexport B=\"Group 1\"\nC='it''s'\nD=x # note\nE=\nF=${A}  \n\n  # c\nG=\"a\\\"b\"";
+        assert_eq!(check_dotenv(text), Ok(()));
+    }
+
+    #[test]
+    fn the_error_message_names_the_file_line_and_variable_but_not_the_value() {
+        let e = DotenvError::Line {
+            path: PathBuf::from("/tmp/x/.env"),
+            line: 5,
+            name: Some("PROTECTED_GROUPS".into()),
+            problem: DotenvProblem::SpaceInValue,
+        }
+        .to_string();
+        assert!(
+            e.contains("/tmp/x/.env, line 5 (PROTECTED_GROUPS)") && e.contains("quote values"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn region_names_and_environments_give_api_and_login_hosts() {

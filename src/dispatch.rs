@@ -311,6 +311,11 @@ pub struct DispatchOptions {
     /// ambiguous, …) is attempted again (`run --retry-failed`); finished ones are
     /// still skipped. Off by default.
     pub retry_dead_lettered: bool,
+    /// The command that approves a held manifest, named in the held log line
+    /// and audit row; `None`: `deprovision approve MANIFEST_ID`. `run` sets its
+    /// own `deprovision run MANIFEST --approve` (`approve` cannot re-read a
+    /// local file, nor feed run's in-process queue).
+    pub approve_command: Option<String>,
 }
 
 impl Default for DispatchOptions {
@@ -327,6 +332,7 @@ impl Default for DispatchOptions {
             max_future_days: DEFAULT_MAX_FUTURE_DAYS,
             clock: Clock::system(),
             retry_dead_lettered: false,
+            approve_command: None,
         }
     }
 }
@@ -697,8 +703,16 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                         found: sha256,
                     });
                 }
-                self.admit_approved(&name, &origin, &manifest_id, a, &first, dry_run, attempt)
-                    .await?;
+                self.admit_approved(
+                    &name,
+                    &origin,
+                    &manifest_id,
+                    a,
+                    (&first, terminations),
+                    dry_run,
+                    attempt,
+                )
+                .await?;
                 info!(
                     manifest = name,
                     manifest_id, "approved manifest; the breaker is bypassed"
@@ -1222,7 +1236,8 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
 
     /// An approved dispatch's checks before anything is enqueued: content an
     /// operator rejected is refused; an approval the dispatch records itself
-    /// (`approved.by`) is audited, then its hold marked approved.
+    /// (`approved.by`) is audited, then its hold marked approved, when the
+    /// breaker would have held the manifest.
     #[allow(clippy::too_many_arguments)]
     async fn admit_approved(
         &self,
@@ -1230,7 +1245,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         origin: &ManifestOrigin,
         manifest_id: &str,
         approved: &Approved,
-        first: &Summary,
+        (first, terminations): (&Summary, u64),
         dry_run: bool,
         attempt: u32,
     ) -> Result<(), DispatchError> {
@@ -1256,6 +1271,19 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         let Some(by) = approved.by.as_deref().filter(|_| !dry_run) else {
             return Ok(());
         };
+        // An approval is audited only when it overrides the breaker: a manifest
+        // under the limits (or approved before) is dispatched like any other. If
+        // the breaker cannot tell, the approval is recorded.
+        if let Some(b) = &self.options.breaker
+            && let Ok(preview) = b.preview(manifest_id, terminations).await
+            && preview.hold.is_none()
+        {
+            info!(
+                manifest = name,
+                manifest_id, "--approve: under the breaker's limits, no approval recorded"
+            );
+            return Ok(());
+        }
         let mut row = breaker::manifest_row(
             "approve",
             Outcome::Scheduled,
@@ -1323,9 +1351,13 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
         let Gate::Hold { reason, new } = gate else {
             return Ok(None);
         };
-        let how = format!(
-            "approve with `deprovision approve {manifest_id}` or discard with `deprovision reject {manifest_id}`"
-        );
+        let approve = self
+            .options
+            .approve_command
+            .clone()
+            .unwrap_or_else(|| format!("deprovision approve {manifest_id}"));
+        let how =
+            format!("approve with `{approve}` or discard with `deprovision reject {manifest_id}`");
         error!(
             manifest = name,
             manifest_id,

@@ -9,8 +9,16 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    deprovision::config::load_dotenv();
-    let cli = cli::Cli::parse();
+    // Before clap reads its `env` fallbacks, and fail closed: a `.env` that cannot
+    // be parsed whole would otherwise drop settings such as PROTECTED_USERS.
+    if let Err(e) = deprovision::config::load_dotenv() {
+        eprintln!("error: {e}");
+        return ExitCode::from(deprovision::config::EXIT_CONFIG);
+    }
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return cli::usage_error(&e),
+    };
     // Declared before the runtime so that it drops after it: the last spans and
     // metrics are flushed once every task has finished.
     let _telemetry = deprovision::telemetry::init(cli.log_format);
@@ -31,7 +39,15 @@ fn main() -> ExitCode {
             // secrets (secret types redact themselves).
             tracing::error!(error = format!("{e:#}"), "command failed");
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A setting that cannot be used (named in the message) is not a
+            // failed run: a scheduler or operator fixes the configuration.
+            if e.chain()
+                .any(|c| c.is::<deprovision::config::ConfigError>())
+            {
+                ExitCode::from(deprovision::config::EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

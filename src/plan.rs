@@ -378,6 +378,23 @@ pub struct PlanBreaker {
     pub active_users: Option<u64>,
     /// Whether this run was given `--approve`.
     pub approved: bool,
+    /// Set when an operator rejected this content (`deprovision reject`): a real
+    /// run refuses it, even with `--approve`. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<PlanRejection>,
+}
+
+/// An operator's earlier rejection of the planned content (the breaker's record
+/// of `deprovision reject MANIFEST_ID`).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanRejection {
+    /// The `MANIFEST_ID` (16 hex digits) that was rejected.
+    pub manifest_id: String,
+    /// Who rejected it (`--by`), when recorded.
+    pub by: Option<String>,
+    /// When (RFC 3339, UTC), when recorded.
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl PlanDocument {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use deprovision::audit::AuditStore;
 use deprovision::breaker;
-use deprovision::config::{AuditArgs, AwsArgs, PolicyArgs, SigningArgs};
+use deprovision::config::{ActorArgs, AuditArgs, AwsArgs, PolicyArgs, SigningArgs};
 use deprovision::dispatch::{DispatchOptions, Dispatcher, s3_client};
 use deprovision::queue::SqsQueue;
 use deprovision::queue::sqs::load_aws_config;
@@ -22,9 +22,9 @@ use deprovision::queue::sqs::load_aws_config;
 pub struct ApproveArgs {
     /// The held manifest's id (16 hex digits, from the held log line or audit row).
     pub manifest_id: String,
-    /// Who approves (recorded in the audit; default: the OS user).
-    #[arg(long, env = "USER", default_value = "operator")]
-    pub by: String,
+    /// Who approves (`--by`; recorded in the audit).
+    #[command(flatten)]
+    pub actor: ActorArgs,
     #[command(flatten)]
     pub audit: AuditArgs,
     #[command(flatten)]
@@ -40,9 +40,9 @@ pub struct ApproveArgs {
 pub struct RejectArgs {
     /// The held manifest's id (16 hex digits).
     pub manifest_id: String,
-    /// Who rejects (recorded in the audit; default: the OS user).
-    #[arg(long, env = "USER", default_value = "operator")]
-    pub by: String,
+    /// Who rejects (`--by`; recorded in the audit).
+    #[command(flatten)]
+    pub actor: ActorArgs,
     #[command(flatten)]
     pub audit: AuditArgs,
 }
@@ -80,7 +80,7 @@ pub async fn approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
             ..DispatchOptions::default()
         },
     );
-    let result = breaker::approve(&dispatcher, &store, &id, &args.by).await;
+    let result = breaker::approve(&dispatcher, &store, &id, &args.actor.or("operator")).await;
     store.close().await;
     let approval = result.with_context(|| format!("approving manifest {id}"))?;
     println!("{}", serde_json::to_string_pretty(&approval)?);
@@ -91,7 +91,7 @@ pub async fn approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
 pub async fn reject(args: RejectArgs) -> anyhow::Result<ExitCode> {
     let id = args.manifest_id.trim().to_ascii_lowercase();
     let store = AuditStore::open(&args.audit).await.context("audit store")?;
-    let result = breaker::reject(&store, &id, &args.by).await;
+    let result = breaker::reject(&store, &id, &args.actor.or("operator")).await;
     store.close().await;
     let held = result.with_context(|| format!("rejecting manifest {id}"))?;
     println!("{}", serde_json::to_string_pretty(&held)?);

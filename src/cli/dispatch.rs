@@ -3,8 +3,9 @@
 //! messages and audit rows as an S3 event would cause. Prints the dispatch report
 //! as JSON (counts, rejected records with index, line and reason, the manifest's
 //! SHA-256). `--dry-run` reads and validates the manifest (also a local file) and
-//! prints what would be enqueued, enqueues nothing and audits the manifest and
-//! its rejected records as `dry_run`.
+//! prints what would be enqueued and whether the mass-deactivation breaker would
+//! hold it (exit 3, recording no hold), enqueues nothing and audits the manifest
+//! and its rejected records as `dry_run`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -69,8 +70,8 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     let aws = load_aws_config().await;
-    // A plan signs nothing and holds nothing: it needs neither keys nor the
-    // breaker's active-user count.
+    // A plan signs nothing and records no hold: it needs no keys, and the
+    // breaker's active-user count only if the SCIM settings are there.
     if args.dry_run {
         return plan(args, &source, &aws).await;
     }
@@ -112,8 +113,9 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `dispatch --dry-run`: the same reading, validation and audit (as `dry_run`)
-/// without a terminations queue; prints the report with `dry_run` and
-/// `would_enqueue`.
+/// without a terminations queue; prints the report with `dry_run`,
+/// `would_enqueue`, `would_hold` and the breaker's verdict (nothing recorded).
+/// Exit 2 when the file is rejected whole, 3 when a real dispatch would be held.
 async fn plan(
     args: DispatchArgs,
     source: &ManifestSource,
@@ -139,15 +141,83 @@ async fn plan(
         },
     );
     let report = dispatcher.plan(source).await?;
+    let verdict = match (&report.rejected_file, &report.manifest_id) {
+        (None, Some(id)) => Some(would_hold(&args, &audit, id, report.terminations).await),
+        _ => None,
+    };
     audit.close().await;
+    let held = verdict
+        .as_ref()
+        .and_then(|v| v["reason"].as_str().map(str::to_owned));
+    let held = held.filter(|_| verdict.as_ref().is_some_and(|v| v["wouldHold"] == true));
     let mut value = serde_json::to_value(&report)?;
     if let Some(obj) = value.as_object_mut() {
         obj.insert("dry_run".into(), true.into());
-        obj.insert("would_enqueue".into(), report.summary.valid.into());
+        let would_enqueue = if held.is_some() {
+            0
+        } else {
+            report.summary.valid
+        };
+        obj.insert("would_enqueue".into(), would_enqueue.into());
+        obj.insert("would_hold".into(), held.clone().into());
+        if let Some(v) = verdict {
+            obj.insert("breaker".into(), v);
+        }
     }
     println!("{}", serde_json::to_string_pretty(&value)?);
-    Ok(match report.rejected_file {
-        Some(_) => ExitCode::from(2),
-        None => ExitCode::SUCCESS,
+    if let (Some(reason), Some(id)) = (&held, &report.manifest_id) {
+        eprintln!(
+            "dry run: a real dispatch would be held by the mass-deactivation breaker as {id} ({reason}); nothing would be enqueued until `deprovision approve {id}`"
+        );
+    }
+    Ok(match (&report.rejected_file, &held) {
+        (Some(_), _) => ExitCode::from(2),
+        (None, Some(_)) => ExitCode::from(3),
+        (None, None) => ExitCode::SUCCESS,
     })
+}
+
+/// What the breaker would do with this manifest in a real dispatch, recording
+/// nothing: `wouldHold`, `reason`, `activeUsers`, and `rejected` (who, when)
+/// when an operator rejected this content. The share limit needs the SCIM
+/// settings; without them only the count limit is judged, and `shareChecked`
+/// says so.
+async fn would_hold(
+    args: &DispatchArgs,
+    audit: &AuditStore,
+    manifest_id: &str,
+    terminations: u64,
+) -> serde_json::Value {
+    let mut limits = match args.breaker.limits() {
+        Ok(limits) => limits,
+        Err(e) => return serde_json::json!({ "wouldHold": null, "reason": e.to_string() }),
+    };
+    let (scim, share_note) = match super::serve::breaker_scim(&args.scim, &limits) {
+        Ok(scim) => (scim, None),
+        Err(e) => {
+            limits.max_share = 1.0;
+            (None, Some(format!("{e:#}")))
+        }
+    };
+    let breaker = Breaker::new(limits, scim, audit.clone());
+    match breaker.preview(manifest_id, terminations).await {
+        Ok(p) => serde_json::json!({
+            "wouldHold": p.hold.is_some(),
+            "reason": p.hold,
+            "terminations": terminations,
+            "activeUsers": p.active_users,
+            "shareChecked": share_note.is_none(),
+            "shareNotChecked": share_note,
+            "rejected": p.rejected().map(|r| serde_json::json!({
+                "manifestId": manifest_id,
+                "by": r.decided_by,
+                "at": r.decided_at,
+            })),
+        }),
+        Err(e) => serde_json::json!({
+            "wouldHold": null,
+            "reason": format!("could not assess: {e}"),
+            "terminations": terminations,
+        }),
+    }
 }

@@ -4,7 +4,8 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue};
+use clap::{CommandFactory, Parser, Subcommand};
 use deprovision::telemetry::LogFormat;
 
 mod approve;
@@ -76,4 +77,62 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Approve(args) => approve::approve(*args).await,
         Command::Reject(args) => approve::reject(*args).await,
     }
+}
+
+/// Exit status of a command line that cannot be used (an unknown flag, a bad
+/// value, a blank `--by`, whether given as a flag or through its environment
+/// variable): 64, `EX_USAGE` of BSD `sysexits.h`. Exit 2 stays reserved for a
+/// manifest rejected whole.
+pub const EXIT_USAGE: u8 = 64;
+
+/// Prints clap's error (or the help/version it carries) and gives the exit
+/// status: 0 for `--help`/`--version`, else [`EXIT_USAGE`]. When the refused
+/// value came from an environment variable (or `.env`) rather than the command
+/// line, says which variable, since clap names only the flag.
+pub fn usage_error(e: &clap::Error) -> ExitCode {
+    let _ = e.print();
+    if !e.use_stderr() {
+        return ExitCode::SUCCESS;
+    }
+    if let Some(var) = env_source(e) {
+        eprintln!(
+            "note: that value comes from the environment variable {var} (or .env), not from the command line"
+        );
+    }
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// The environment variable that supplied the argument `e` refuses, when it is
+/// set and its flag is not on the command line.
+fn env_source(e: &clap::Error) -> Option<String> {
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // "--remove-roles <REMOVE_ROLES>" → "remove-roles"
+    let long = arg
+        .split_whitespace()
+        .next()?
+        .strip_prefix("--")?
+        .to_owned();
+    let on_line =
+        std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+    if on_line {
+        return None;
+    }
+    let var = find_env(&Cli::command(), &long)?;
+    std::env::var_os(&var).is_some().then_some(var)
+}
+
+/// The `env` of the flag `--long` in `command` or any of its subcommands.
+fn find_env(command: &clap::Command, long: &str) -> Option<String> {
+    command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned())
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|sub| find_env(sub, long))
+        })
 }

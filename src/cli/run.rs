@@ -28,7 +28,7 @@ use anyhow::Context;
 use deprovision::audit::AuditStore;
 use deprovision::breaker::Breaker;
 use deprovision::config::{
-    AuditArgs, BreakerArgs, PolicyArgs, ProtectionArgs, ScimArgs, SigningArgs,
+    ActorArgs, AuditArgs, BreakerArgs, PolicyArgs, ProtectionArgs, ScimArgs, SigningArgs,
 };
 use deprovision::consume::{Consumer, ConsumerOptions, TallySnapshot};
 use deprovision::dispatch::{
@@ -36,7 +36,9 @@ use deprovision::dispatch::{
 };
 use deprovision::domain::Outcome;
 use deprovision::engine::Engine;
-use deprovision::plan::{Decision, Journal, PlanBreaker, PlanDocument, PlanSettings, would_label};
+use deprovision::plan::{
+    Decision, Journal, PlanBreaker, PlanDocument, PlanRejection, PlanSettings, would_label,
+};
 use deprovision::queue::sqs::load_aws_config;
 use deprovision::queue::{MemoryQueue, TerminationMessage, attr};
 use deprovision::release::{Releaser, ReleaserOptions};
@@ -74,10 +76,9 @@ pub struct RunArgs {
     /// content an operator rejected.
     #[arg(long)]
     pub approve: bool,
-    /// Who approves with `--approve` (recorded in the audit; default: `USER`,
-    /// else `operator`).
-    #[arg(long, env = "USER", default_value = "operator")]
-    pub by: String,
+    /// Who approves with `--approve` (`--by`; recorded in the audit).
+    #[command(flatten)]
+    pub actor: ActorArgs,
     #[command(flatten)]
     pub scim: ScimArgs,
     #[command(flatten)]
@@ -285,6 +286,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             // a manifest the breaker would hold: it is assessed, not held.
             breaker: (!args.dry_run).then(|| breaker.clone()),
             retry_dead_lettered: args.retry_failed,
+            approve_command: Some(format!("deprovision run {} --approve", args.manifest)),
             ..DispatchOptions::default()
         },
     );
@@ -365,7 +367,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 // The approval is audited (and the hold marked approved)
                 // before anything is enqueued.
                 &Approved {
-                    by: Some(args.by.clone()),
+                    by: Some(args.actor.or("operator")),
                     ..Approved::default()
                 },
             )
@@ -397,6 +399,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
              if this many terminations are intended, run again with --approve \
              (or `deprovision reject {id}` to discard it)"
         );
+        if args.format == Format::Json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&held_document(&args, &report, reason))?
+            );
+        }
         return Ok(ExitCode::from(3));
     }
     let mut breaker_verdict = PlanBreaker {
@@ -405,16 +413,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ..PlanBreaker::default()
     };
     if args.dry_run {
-        match breaker.assess(report.terminations).await {
-            Ok((reason, active_users)) => {
-                if let (Some(reason), false) = (&reason, args.approve) {
+        let id = report.manifest_id.clone().unwrap_or_default();
+        match breaker.preview(&id, report.terminations).await {
+            Ok(preview) => {
+                if let Some(rejected) = preview.rejected() {
+                    eprintln!(
+                        "dry run: this content (manifest {id}) was rejected by {} at {}; a real run refuses it, even with --approve",
+                        rejected.decided_by.as_deref().unwrap_or("unknown"),
+                        rejected
+                            .decided_at
+                            .map_or_else(|| "an unknown time".to_owned(), |t| t.to_rfc3339())
+                    );
+                    breaker_verdict.rejected = Some(PlanRejection {
+                        manifest_id: id.clone(),
+                        by: rejected.decided_by.clone(),
+                        at: rejected.decided_at,
+                    });
+                } else if let (Some(reason), false) = (&preview.hold, args.approve) {
                     eprintln!(
                         "dry run: a real run would be held by the mass-deactivation breaker ({reason}); it would need --approve"
                     );
                 }
-                breaker_verdict.would_hold = Some(reason.is_some());
-                breaker_verdict.reason = reason;
-                breaker_verdict.active_users = active_users;
+                breaker_verdict.would_hold = Some(preview.hold.is_some());
+                breaker_verdict.reason = preview.hold;
+                breaker_verdict.active_users = preview.active_users;
             }
             Err(e) => {
                 eprintln!(
@@ -547,6 +569,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// The `--format json` document of a manifest the breaker holds: nothing was
+/// done, why, and the commands that proceed (exit status 3).
+fn held_document(args: &RunArgs, report: &DispatchReport, reason: &str) -> serde_json::Value {
+    let id = report.manifest_id.as_deref().unwrap_or("-");
+    serde_json::json!({
+        "held": true,
+        "manifestId": id,
+        "manifest": args.manifest,
+        "reason": reason,
+        "terminations": report.terminations,
+        "enqueued": 0,
+        "sandbox": args.sandbox,
+        "approve": format!("deprovision run {} --approve --by NAME", args.manifest),
+        "reject": format!("deprovision reject {id} --by NAME"),
+        "message": "held by the mass-deactivation breaker; nothing was done. If this many terminations are intended, run again with --approve; otherwise reject it.",
     })
 }
 

@@ -247,7 +247,7 @@ fn audit_entry(
         correlation_ids: report.correlation_ids.clone(),
         duration_ms: Some(report.elapsed.as_millis().try_into().unwrap_or(u64::MAX)),
         idempotency_key: None,
-        actor: args.actor.by.clone(),
+        actor: Some(args.actor.or("operator")),
     }
 }
 

@@ -4,10 +4,12 @@
 
 mod audit;
 mod claims;
+mod dotenv_file;
 mod dry_run;
 mod engine;
 mod holds;
 mod manifest;
+mod operator_rails;
 mod pipeline;
 mod rails;
 mod report;

@@ -751,7 +751,7 @@ async fn a_user_id_with_a_slash_or_dot_segment_is_refused_before_any_request() {
             .output()
             .await
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+        assert_eq!(out.status.code(), Some(64), "{bad:?}: {out:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("userId"), "{bad:?}: {stderr}");
     }
