@@ -10,6 +10,7 @@ mod holds;
 mod manifest;
 mod pipeline;
 mod rails;
+mod replay;
 mod report;
 mod sim;
 mod support;
