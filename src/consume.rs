@@ -3428,13 +3428,23 @@ mod tests {
             actor: "tester".into(),
             ..ReplayOptions::default()
         };
-        let report = tokio::time::timeout(
-            Duration::from_secs(30),
-            replay_dead_letters(&f.dlq, &f.dlq, f.audit.as_ref(), &options),
-        )
-        .await
-        .expect("replay-dlq must end while replays are dead-lettered again")
-        .unwrap();
+        // On its own thread: an endless pass over an in-memory queue never
+        // yields, so a timeout in this runtime could never fire.
+        let (dlq, audit) = (f.dlq.clone(), f.audit.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let report =
+                runtime.block_on(replay_dead_letters(&dlq, &dlq, audit.as_ref(), &options));
+            let _ = tx.send(report);
+        });
+        let report = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("replay-dlq must end while replays are dead-lettered again")
+            .unwrap();
         assert_eq!((report.items.len(), report.replayed()), (3, 3));
         assert_eq!(report.left_for_next_run, 3, "{report:?}");
         assert_eq!(replay_rows(&f.audit).len(), 3, "each message audited once");
