@@ -1744,21 +1744,45 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
     }
 }
 
+/// The `deprovision.reason` ([`attr::REASON`]) of a dead-lettered message that
+/// carries none: SQS's redrive policy moved it on its own.
+pub const UNKNOWN_REASON: &str = "unknown";
+
+/// The dead-letter reasons `replay-dlq --reason` accepts: every
+/// [`attr::REASON`] value this consumer writes on a DLQ copy (the name of each
+/// outcome for which [`Outcome::is_dead_lettered`] holds, and
+/// [`crate::signing::BAD_SIGNATURE`]), then [`UNKNOWN_REASON`]. Derived from
+/// those definitions so that a new dead-lettering outcome is accepted at once.
+pub fn dead_letter_reasons() -> Vec<&'static str> {
+    Outcome::ALL
+        .into_iter()
+        .filter(|o| o.is_dead_lettered())
+        .map(Outcome::as_str)
+        .chain([crate::signing::BAD_SIGNATURE, UNKNOWN_REASON])
+        .collect()
+}
+
 /// `replay-dlq` settings.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayOptions {
     /// Stop after this many replays.
     pub max: Option<u64>,
-    /// Replay only messages dead-lettered with this reason (an outcome name such
-    /// as `forbidden`; messages moved by the redrive policy itself have none and
-    /// match `unknown`).
+    /// Replay only messages dead-lettered with this reason, one of
+    /// [`dead_letter_reasons`] (messages moved by the redrive policy itself have
+    /// none and match [`UNKNOWN_REASON`]); anything else is refused with
+    /// [`ReplayError::Reason`] before the queue is touched.
     pub reason: Option<String>,
     /// List what would be replayed; move nothing.
     pub dry_run: bool,
     /// Who asked (recorded in each replay's audit row).
     pub actor: String,
-    /// "Now", for the still-due re-check.
+    /// "Now", for the still-due re-check. The pass's own start (compared with
+    /// the queue's `SentTimestamp`) is the wall clock, not this.
     pub clock: Clock,
+    /// How each message's signature is re-checked before it is sent back: the
+    /// same set-up as `serve` (`MESSAGE_SIGNING_KEYS`, or `MESSAGE_SIGNING=off`,
+    /// which checks nothing).
+    pub signing: crate::signing::MessageAuth,
 }
 
 /// One dead-lettered message seen by `replay-dlq`.
@@ -1766,17 +1790,20 @@ pub struct ReplayOptions {
 pub struct ReplayItem {
     /// Its id on the dead-letter queue.
     pub message_id: String,
-    /// The termination's externalId, when the body is readable.
+    /// The termination's externalId, when the body is readable (for a message
+    /// whose signature fails, what the untrusted body claims).
     pub external_id: Option<String>,
-    /// The dead-letter reason (`unknown` when SQS moved it without one).
+    /// The dead-letter reason ([`UNKNOWN_REASON`] when SQS moved it without one).
     pub reason: String,
     /// The detail recorded with the reason.
     pub detail: Option<String>,
     /// True when it was (or, in a dry run, would be) replayed.
     pub replayed: bool,
-    /// Why it was not replayed although it matched: superseded (e.g. "rehired
-    /// by manifest X at T"; deleted from the DLQ after auditing, except in a dry
-    /// run), or not due with an earlier hold that cannot be reused (kept).
+    /// Why it was not replayed although it matched: its signature still fails
+    /// with this process's keys (kept on the DLQ as evidence), superseded (e.g.
+    /// "rehired by manifest X at T"; deleted from the DLQ after auditing, except
+    /// in a dry run), or not due with an earlier hold that cannot be reused
+    /// (kept).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
     /// Not yet due: held durably until this instant instead of replayed
@@ -1788,8 +1815,13 @@ pub struct ReplayItem {
 /// What `replay-dlq` did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReplayReport {
-    /// Every distinct message seen, in order.
+    /// Every distinct message content this pass handled, in order.
     pub items: Vec<ReplayItem>,
+    /// Messages seen but left on the DLQ untouched and unaudited for the next
+    /// run: copies of content this pass already handled (a replay the consumer
+    /// dead-lettered again, or a duplicate), or messages dead-lettered after the
+    /// pass started.
+    pub left_for_next_run: usize,
 }
 
 impl ReplayReport {
@@ -1799,9 +1831,17 @@ impl ReplayReport {
     }
 }
 
-/// Why a replay stopped early.
+/// Why a replay stopped early, or did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// `--reason` is not a reason the consumer writes.
+    #[error("--reason {given:?} is not a dead-letter reason; accepted: {}", accepted.join(", "))]
+    Reason {
+        /// What was asked for.
+        given: String,
+        /// [`dead_letter_reasons`].
+        accepted: Vec<&'static str>,
+    },
     /// A queue call failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
@@ -1824,192 +1864,336 @@ pub enum ReplayError {
     },
 }
 
+/// What a pass keys "the same message" by: SHA-256 over the body and the
+/// signature attributes (key id, signature), each length-prefixed. These are
+/// exactly what survives a re-dead-lettering: the consumer's DLQ copy keeps the
+/// body and the original attributes, but gets a new message id, a new reason,
+/// detail and trace context. The idempotency key is not needed on top (it is
+/// derived from the body), and a body that does not decode still has a key. The
+/// signature is part of it so that a forged copy of a real body (same body, bad
+/// signature) cannot make the pass pass over the authentic copy.
+fn content_key(message: &ReceivedMessage) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let mut part = |value: Option<&str>| match value {
+        None => hash.update([0u8]),
+        Some(v) => {
+            hash.update([1u8]);
+            hash.update((v.len() as u64).to_be_bytes());
+            hash.update(v.as_bytes());
+        }
+    };
+    part(Some(&message.body));
+    part(
+        message
+            .attributes
+            .get(attr::SIGNATURE_KEY_ID)
+            .map(String::as_str),
+    );
+    part(message.attributes.get(attr::SIGNATURE).map(String::as_str));
+    hash.finalize().into()
+}
+
 /// Moves dead-lettered messages back to the terminations queue: receive from the
-/// DLQ, send the same body with [`attr::REPLAYED`] (so the consumer attempts it
-/// although its last outcome dead-lettered it), audit the replay (action
-/// `replay`, outcome `retrying`), then delete it from the DLQ. Messages that do not
-/// match `--reason`, and everything in a dry run, are kept hidden while the DLQ is
-/// scanned and released at the end, so each is seen once. Works against any
-/// [`Queue`] (moto has no StartMessageMoveTask).
+/// DLQ, send the same body with its original attributes (signature included:
+/// never re-signed, so a replay cannot turn a forgery into a validly signed
+/// message) plus [`attr::REPLAYED`] (so the consumer attempts it although its
+/// last outcome dead-lettered it), audit the replay (action `replay`, outcome
+/// `retrying`), then delete it from the DLQ. Works against any [`Queue`] (moto
+/// has no StartMessageMoveTask).
 ///
-/// Each matching termination is re-validated first (issue 6): one superseded by
-/// a later audit entry for the same externalId (a rehire, or a termination with
-/// another date) is not replayed: its skip is audited (`rescinded`, with the
-/// operator) and it is deleted from the DLQ, with the reason in
-/// [`ReplayItem::skipped`]. One not yet due (by `options.clock`) is held durably
-/// instead ([`ReplayItem::held_until`]) and deleted from the DLQ. A dry run only
-/// reports both.
+/// One call is one pass: it handles each message content (see `content_key`:
+/// body and signature) at most once, so a replay that the running consumer
+/// dead-letters again under a new message id is left for the next run, as is
+/// anything dead-lettered after the pass started (by the queue's
+/// `SentTimestamp` against the wall clock). The pass ends when a receive yields
+/// nothing it has not handled (or nothing at all), or at `options.max` replays.
+/// Every message left on the DLQ (not matching `--reason`, skipped and kept,
+/// left for the next run, everything in a dry run) is kept hidden until the end
+/// and then made visible again. Each handled message is audited at most once.
+///
+/// Each matching message is re-checked first:
+/// 1. its signature, with `options.signing` (issue 6; every reason, not only
+///    `bad_signature`): one that still fails (unsigned, altered, forged, an
+///    unknown key) is not sent back, not trusted for anything else, kept on the
+///    DLQ as evidence, audited (action `replay`, outcome `invalid`, no
+///    idempotency key) and reported in [`ReplayItem::skipped`]; one that verifies
+///    now (e.g. a key rotation fixed) goes on;
+/// 2. a termination superseded by a later audit entry for the same externalId
+///    (a rehire, or a termination with another date) is not replayed: its skip is
+///    audited (`rescinded`, with the operator) and it is deleted from the DLQ;
+/// 3. one not yet due (by `options.clock`) is held durably instead
+///    ([`ReplayItem::held_until`]) and deleted from the DLQ.
+///
+/// A dry run audits nothing and only reports. Errors: [`ReplayError`]; messages
+/// held so far are made visible again first.
 pub async fn replay_dead_letters<Q: Queue, A: HoldSink>(
     dead_letter: &Q,
     target: &Q,
     audit: &A,
     options: &ReplayOptions,
 ) -> Result<ReplayReport, ReplayError> {
+    if let Some(given) = &options.reason {
+        let accepted = dead_letter_reasons();
+        if !accepted.contains(&given.as_str()) {
+            return Err(ReplayError::Reason {
+                given: given.clone(),
+                accepted,
+            });
+        }
+    }
+    // Compared with the queue's SentTimestamp, so the wall clock, not the
+    // injectable "now" of the due check.
+    let started = Utc::now();
     let mut report = ReplayReport::default();
-    let mut seen: HashMap<String, String> = HashMap::new();
-    let mut held: Vec<String> = Vec::new();
+    let mut handled: HashSet<[u8; 32]> = HashSet::new();
+    // Message ids this pass handled or left, so that one seen again after its
+    // visibility lapsed is neither handled twice nor counted twice.
+    let mut known: HashSet<String> = HashSet::new();
+    // Message id → latest receipt handle of everything left on the DLQ.
+    let mut kept: HashMap<String, String> = HashMap::new();
     let result = async {
         loop {
-            let room = options
-                .max
-                .map_or(MAX_BATCH as u64, |m| m.saturating_sub(report.replayed() as u64));
+            let room = options.max.map_or(MAX_BATCH as u64, |m| {
+                m.saturating_sub(report.replayed() as u64)
+            });
             if room == 0 {
                 break;
             }
             let batch = dead_letter
                 .receive(room.min(MAX_BATCH as u64) as u32, Duration::from_secs(1))
                 .await?;
-            if batch.is_empty() || batch.iter().all(|m| seen.contains_key(&m.message_id)) {
-                held.extend(batch.into_iter().map(|m| m.receipt_handle));
-                break;
-            }
+            let mut fresh = false;
             for message in batch {
-                if seen.insert(message.message_id.clone(), message.receipt_handle.clone()).is_some() {
-                    held.push(message.receipt_handle);
-                    continue;
-                }
-                let reason = message
-                    .attributes
-                    .get(attr::REASON)
-                    .cloned()
-                    .unwrap_or_else(|| "unknown".to_owned());
-                let decoded = TerminationMessage::decode(&message.body).ok();
-                let mut item = ReplayItem {
-                    message_id: message.message_id.clone(),
-                    external_id: decoded
-                        .as_ref()
-                        .map(|t| t.record.external_id.as_str().to_owned())
-                        .or_else(|| raw_external_id(&message.body)),
-                    reason: reason.clone(),
-                    detail: message.attributes.get(attr::DETAIL).cloned(),
-                    replayed: false,
-                    skipped: None,
-                    held_until: None,
-                };
-                let wanted = options.reason.as_ref().is_none_or(|r| *r == reason)
-                    && options
-                        .max
-                        .is_none_or(|m| (report.replayed() as u64) < m);
-                if let Some(t) = decoded
-                    .as_ref()
-                    .filter(|t| wanted && t.record.action == RecordAction::Terminate)
-                {
-                    match revalidate(&message, t, audit, options).await {
-                        Ok(Revalidated::Replay) => {}
-                        Ok(Revalidated::Skipped { reason, remove }) => {
-                            item.skipped = Some(reason);
-                            if remove && !options.dry_run {
-                                let failures = dead_letter
-                                    .delete_batch(std::slice::from_ref(&message.receipt_handle))
-                                    .await?;
-                                if let Some(f) = failures.first() {
-                                    warn!(message_id = %message.message_id, code = f.code, "skipped but not deleted from the DLQ");
-                                }
-                            } else {
-                                held.push(message.receipt_handle);
-                            }
-                            report.items.push(item);
-                            continue;
-                        }
-                        Ok(Revalidated::Held { until }) => {
-                            item.held_until = Some(until);
-                            if options.dry_run {
-                                held.push(message.receipt_handle);
-                            } else {
-                                let failures = dead_letter
-                                    .delete_batch(std::slice::from_ref(&message.receipt_handle))
-                                    .await?;
-                                if let Some(f) = failures.first() {
-                                    warn!(message_id = %message.message_id, code = f.code, "held but not deleted from the DLQ");
-                                }
-                            }
-                            report.items.push(item);
-                            continue;
-                        }
-                        Err(detail) => {
-                            held.push(message.receipt_handle);
-                            return Err(ReplayError::Audit {
-                                message_id: message.message_id,
-                                detail,
-                            });
-                        }
+                let key = content_key(&message);
+                let first_look = known.insert(message.message_id.clone());
+                let in_pass = message.sent_at.is_none_or(|at| at <= started);
+                if !first_look || !in_pass || !handled.insert(key) {
+                    if first_look {
+                        report.left_for_next_run += 1;
                     }
-                }
-                if !wanted || options.dry_run {
-                    item.replayed = wanted;
-                    report.items.push(item);
-                    held.push(message.receipt_handle);
+                    // Also one this pass deleted whose delete failed: it is
+                    // visible again at the end rather than after its timeout.
+                    kept.insert(message.message_id.clone(), message.receipt_handle);
                     continue;
                 }
-                let mut attributes = message.attributes.clone();
-                attributes.insert(attr::REPLAYED.to_owned(), Utc::now().to_rfc3339());
-                let copy = OutgoingMessage {
-                    body: message.body.clone(),
-                    attributes,
-                    delay: Duration::ZERO,
-                };
-                let failures = target.send_batch(std::slice::from_ref(&copy)).await?;
-                if let Some(f) = failures.first() {
-                    held.push(message.receipt_handle);
-                    return Err(ReplayError::Send {
-                        message_id: message.message_id,
-                        detail: format!("{}: {}", f.code, f.message),
-                    });
+                fresh = true;
+                let wanted = options
+                    .reason
+                    .as_ref()
+                    .is_none_or(|r| *r == reason_of(&message))
+                    && options.max.is_none_or(|m| (report.replayed() as u64) < m);
+                let id = message.message_id.clone();
+                let receipt = message.receipt_handle.clone();
+                let (item, gone) =
+                    match replay_one(message, wanted, dead_letter, target, audit, options).await {
+                        Ok(done) => done,
+                        Err(e) => {
+                            kept.insert(id, receipt);
+                            return Err(e);
+                        }
+                    };
+                if !gone {
+                    kept.insert(id, receipt);
                 }
-                let entry = AuditEntry {
-                    external_id: item.external_id.clone(),
-                    user_id: decoded
-                        .as_ref()
-                        .and_then(|t| t.record.user_id.as_ref())
-                        .map(|u| u.as_str().to_owned()),
-                    action: "replay".into(),
-                    status_code: None,
-                    success: false,
-                    error_message: Some(format!(
-                        "replayed from the dead-letter queue (reason {reason}{})",
-                        item.detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
-                    )),
-                    outcome: Outcome::Retrying,
-                    credential: None,
-                    groups_removed: Vec::new(),
-                    attempt: message.receive_count,
-                    sqs_message_id: Some(message.message_id.clone()),
-                    manifest: decoded.as_ref().map(|t| t.origin.clone()),
-                    effective_at: decoded.as_ref().map(|t| t.effective_at),
-                    correlation_ids: Vec::new(),
-                    duration_ms: None,
-                    idempotency_key: decoded.as_ref().map(|t| t.idempotency_key.clone()),
-                    actor: Some(options.actor.clone()),
-                };
-                if let Err(e) = audit.append(&entry).await {
-                    held.push(message.receipt_handle);
-                    return Err(ReplayError::Audit {
-                        message_id: message.message_id,
-                        detail: e.to_string(),
-                    });
-                }
-                let failures = dead_letter
-                    .delete_batch(std::slice::from_ref(&message.receipt_handle))
-                    .await?;
-                if let Some(f) = failures.first() {
-                    warn!(message_id = %message.message_id, code = f.code, "replayed but not deleted from the DLQ; the copy there is harmless");
-                }
-                info!(message_id = %message.message_id, reason, external_id = item.external_id.as_deref().unwrap_or("-"), "replayed");
-                item.replayed = true;
                 report.items.push(item);
+            }
+            if !fresh {
+                break;
             }
         }
         Ok(())
     }
     .await;
-    // Newest handles only: a message seen twice was held under its latest one.
-    let latest: HashSet<&String> = seen.values().collect();
-    for receipt in held.iter().filter(|r| latest.contains(r)) {
+    for receipt in kept.values() {
         if let Err(e) = dead_letter.change_visibility(receipt, Duration::ZERO).await {
             warn!(error = %e, "could not release a dead-lettered message");
         }
     }
     result.map(|()| report)
+}
+
+/// The message's dead-letter reason ([`UNKNOWN_REASON`] when it has none).
+fn reason_of(message: &ReceivedMessage) -> String {
+    message
+        .attributes
+        .get(attr::REASON)
+        .cloned()
+        .unwrap_or_else(|| UNKNOWN_REASON.to_owned())
+}
+
+/// Deletes one DLQ message; a per-entry failure is only logged (the copy left
+/// behind is seen again by the next run).
+async fn delete_dead_letter<Q: Queue>(
+    dead_letter: &Q,
+    message: &ReceivedMessage,
+    what: &str,
+) -> Result<(), ReplayError> {
+    let failures = dead_letter
+        .delete_batch(std::slice::from_ref(&message.receipt_handle))
+        .await?;
+    if let Some(f) = failures.first() {
+        warn!(message_id = %message.message_id, code = f.code, "{what} but not deleted from the DLQ");
+    }
+    Ok(())
+}
+
+/// One message the pass has not handled before: re-check it and replay, skip
+/// or hold it (only report it when not `wanted` or in a dry run). Returns the
+/// report line and whether the message is gone from the DLQ.
+async fn replay_one<Q: Queue, A: HoldSink>(
+    message: ReceivedMessage,
+    wanted: bool,
+    dead_letter: &Q,
+    target: &Q,
+    audit: &A,
+    options: &ReplayOptions,
+) -> Result<(ReplayItem, bool), ReplayError> {
+    let reason = reason_of(&message);
+    let decoded = TerminationMessage::decode(&message.body).ok();
+    // For display only; nothing else is taken from the body before it verifies.
+    let mut item = ReplayItem {
+        message_id: message.message_id.clone(),
+        external_id: decoded
+            .as_ref()
+            .map(|t| t.record.external_id.as_str().to_owned())
+            .or_else(|| raw_external_id(&message.body).map(|e| truncate(e.trim(), 256))),
+        reason: reason.clone(),
+        detail: message.attributes.get(attr::DETAIL).cloned(),
+        replayed: false,
+        skipped: None,
+        held_until: None,
+    };
+    if !wanted {
+        return Ok((item, false));
+    }
+    // Authenticity first, as in the consumer: nothing in a body that fails is
+    // trusted, so it can neither be held (the releaser signs what it re-sends)
+    // nor count as superseded (which would delete the evidence).
+    if let Err(e) = options.signing.verify(&message.body, &message.attributes) {
+        warn!(message_id = %message.message_id, error = %e, "signature still fails; not replayed, kept on the DLQ");
+        item.skipped = Some(format!(
+            "{e} (checked again with this process's keys); not sent back, kept in the dead-letter queue as evidence"
+        ));
+        if !options.dry_run {
+            let entry = AuditEntry {
+                external_id: raw_external_id(&message.body).map(|e| truncate(e.trim(), 256)),
+                user_id: None,
+                action: "replay".into(),
+                status_code: None,
+                success: false,
+                error_message: Some(format!(
+                    "replay-dlq skipped it: {e}; not sent back, kept in the dead-letter queue (reason {reason})"
+                )),
+                outcome: Outcome::Invalid,
+                credential: None,
+                groups_removed: Vec::new(),
+                attempt: message.receive_count,
+                sqs_message_id: Some(message.message_id.clone()),
+                manifest: None,
+                effective_at: None,
+                correlation_ids: Vec::new(),
+                duration_ms: None,
+                idempotency_key: None,
+                actor: Some(options.actor.clone()),
+            };
+            audit.append(&entry).await.map_err(|e| ReplayError::Audit {
+                message_id: message.message_id.clone(),
+                detail: e.to_string(),
+            })?;
+        }
+        return Ok((item, false));
+    }
+    if let Some(t) = decoded
+        .as_ref()
+        .filter(|t| t.record.action == RecordAction::Terminate)
+    {
+        match revalidate(&message, t, audit, options).await {
+            Ok(Revalidated::Replay) => {}
+            Ok(Revalidated::Skipped { reason, remove }) => {
+                item.skipped = Some(reason);
+                let gone = remove && !options.dry_run;
+                if gone {
+                    delete_dead_letter(dead_letter, &message, "skipped").await?;
+                }
+                return Ok((item, gone));
+            }
+            Ok(Revalidated::Held { until }) => {
+                item.held_until = Some(until);
+                if !options.dry_run {
+                    delete_dead_letter(dead_letter, &message, "held").await?;
+                }
+                return Ok((item, !options.dry_run));
+            }
+            Err(detail) => {
+                return Err(ReplayError::Audit {
+                    message_id: message.message_id,
+                    detail,
+                });
+            }
+        }
+    }
+    if options.dry_run {
+        item.replayed = true;
+        return Ok((item, false));
+    }
+    let mut attributes = message.attributes.clone();
+    attributes.insert(attr::REPLAYED.to_owned(), Utc::now().to_rfc3339());
+    let copy = OutgoingMessage {
+        body: message.body.clone(),
+        attributes,
+        delay: Duration::ZERO,
+    };
+    let failures = target.send_batch(std::slice::from_ref(&copy)).await?;
+    if let Some(f) = failures.first() {
+        return Err(ReplayError::Send {
+            message_id: message.message_id,
+            detail: format!("{}: {}", f.code, f.message),
+        });
+    }
+    let entry = AuditEntry {
+        external_id: item.external_id.clone(),
+        user_id: decoded
+            .as_ref()
+            .and_then(|t| t.record.user_id.as_ref())
+            .map(|u| u.as_str().to_owned()),
+        action: "replay".into(),
+        status_code: None,
+        success: false,
+        error_message: Some(format!(
+            "replayed from the dead-letter queue (reason {reason}{})",
+            item.detail
+                .as_ref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        )),
+        outcome: Outcome::Retrying,
+        credential: None,
+        groups_removed: Vec::new(),
+        attempt: message.receive_count,
+        sqs_message_id: Some(message.message_id.clone()),
+        manifest: decoded.as_ref().map(|t| t.origin.clone()),
+        effective_at: decoded.as_ref().map(|t| t.effective_at),
+        correlation_ids: Vec::new(),
+        duration_ms: None,
+        idempotency_key: decoded.as_ref().map(|t| t.idempotency_key.clone()),
+        actor: Some(options.actor.clone()),
+    };
+    if let Err(e) = audit.append(&entry).await {
+        return Err(ReplayError::Audit {
+            message_id: message.message_id,
+            detail: e.to_string(),
+        });
+    }
+    delete_dead_letter(
+        dead_letter,
+        &message,
+        "replayed (the copy left there is harmless)",
+    )
+    .await?;
+    info!(message_id = %message.message_id, reason, external_id = item.external_id.as_deref().unwrap_or("-"), "replayed");
+    item.replayed = true;
+    Ok((item, true))
 }
 
 /// What the re-check of one dead-lettered termination decided.
@@ -3241,6 +3425,308 @@ mod tests {
         assert!(holds[0].attributes.contains_key(attr::REPLAYED));
         assert!(!holds[0].attributes.contains_key(attr::REASON));
         assert_eq!(f.engine.calls("E1"), 1);
+    }
+
+    fn keyring(raw: &str) -> Arc<crate::signing::Keyring> {
+        Arc::new(
+            crate::signing::Keyring::parse(&secrecy::SecretString::from(raw.to_owned())).unwrap(),
+        )
+    }
+
+    const K1: &str = "k1:0123456789abcdef0123456789abcdef-one";
+    const K0: &str = "k0:0123456789abcdef0123456789abcdef-old";
+
+    async fn send_signed(q: &MemoryQueue, body: &str, attributes: BTreeMap<String, String>) {
+        q.send_batch(&[OutgoingMessage {
+            body: body.to_owned(),
+            attributes,
+            ..OutgoingMessage::default()
+        }])
+        .await
+        .unwrap();
+    }
+
+    fn replay_rows(audit: &FakeAudit) -> Vec<AuditEntry> {
+        lock(&audit.rows)
+            .iter()
+            .filter(|r| r.action == "replay")
+            .cloned()
+            .collect()
+    }
+
+    /// The tester's endless replay (issue 5): the consumer dead-letters every
+    /// replay again under a new message id. Here the replay's target *is* the
+    /// DLQ, so each copy is back at once: the pass must still end, having
+    /// replayed and audited each message once and left the copies.
+    #[tokio::test]
+    async fn a_replay_pass_ends_although_every_replay_is_dead_lettered_again() {
+        let f = fixture(5, quick());
+        for e in ["E1", "E2", "E3"] {
+            f.engine.script(e, &[Outcome::Forbidden]);
+        }
+        send(
+            &f.queue,
+            &[
+                body("E1", "2020-01-01"),
+                body("E2", "2020-01-01"),
+                body("E3", "2020-01-01"),
+            ],
+        )
+        .await;
+        for _ in 0..3 {
+            f.consumer.handle(receive_one(&f.queue).await).await;
+        }
+        let options = ReplayOptions {
+            actor: "tester".into(),
+            ..ReplayOptions::default()
+        };
+        // On its own thread: an endless pass over an in-memory queue never
+        // yields, so a timeout in this runtime could never fire.
+        let (dlq, audit) = (f.dlq.clone(), f.audit.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let report =
+                runtime.block_on(replay_dead_letters(&dlq, &dlq, audit.as_ref(), &options));
+            let _ = tx.send(report);
+        });
+        let report = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("replay-dlq must end while replays are dead-lettered again")
+            .unwrap();
+        assert_eq!((report.items.len(), report.replayed()), (3, 3));
+        assert_eq!(report.left_for_next_run, 3, "{report:?}");
+        assert_eq!(replay_rows(&f.audit).len(), 3, "each message audited once");
+        // The three copies stay, visible again for the next run.
+        assert_eq!(f.dlq.receive(10, Duration::ZERO).await.unwrap().len(), 3);
+    }
+
+    /// Two copies of one message already on the DLQ (same body, same
+    /// signature; other attributes differ): one pass replays the content once.
+    #[tokio::test]
+    async fn a_pass_replays_the_same_content_once() {
+        let f = fixture(5, quick());
+        let ring = keyring(K1);
+        let b = body("E1", "2020-01-01");
+        let mut first = ring.sign(&b);
+        first.insert(attr::REASON.into(), "forbidden".into());
+        let mut second = first.clone();
+        second.insert(attr::REASON.into(), "failed".into());
+        second.insert(attr::SOURCE_MESSAGE_ID.into(), "another".into());
+        send_signed(&f.dlq, &b, first).await;
+        send_signed(&f.dlq, &b, second).await;
+        let options = ReplayOptions {
+            actor: "tester".into(),
+            signing: crate::signing::MessageAuth::Hmac(ring),
+            ..ReplayOptions::default()
+        };
+        let report = replay_dead_letters(&f.dlq, &f.queue, f.audit.as_ref(), &options)
+            .await
+            .unwrap();
+        assert_eq!((report.replayed(), report.left_for_next_run), (1, 1));
+        assert_eq!((f.queue.len(), f.dlq.len()), (1, 1));
+        assert_eq!(replay_rows(&f.audit).len(), 1);
+    }
+
+    #[test]
+    fn the_content_key_is_body_and_signature_only() {
+        let message = |body: &str, attrs: &[(&str, &str)]| ReceivedMessage {
+            message_id: uuid::Uuid::new_v4().to_string(),
+            receipt_handle: "r".into(),
+            body: body.into(),
+            receive_count: 1,
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            sent_at: None,
+        };
+        let signed = [(attr::SIGNATURE_KEY_ID, "k1"), (attr::SIGNATURE, "ab")];
+        let a = message("{}", &signed);
+        let mut b = message("{}", &signed);
+        b.attributes.insert(attr::REASON.into(), "failed".into());
+        b.attributes.insert("traceparent".into(), "00-x".into());
+        assert_eq!(
+            content_key(&a),
+            content_key(&b),
+            "a re-dead-letter keeps its key"
+        );
+        assert_ne!(content_key(&a), content_key(&message("{}", &[])));
+        assert_ne!(content_key(&a), content_key(&message("{ }", &signed)));
+        let other = [(attr::SIGNATURE_KEY_ID, "k1a"), (attr::SIGNATURE, "b")];
+        assert_ne!(content_key(&a), content_key(&message("{}", &other)));
+    }
+
+    /// Issue 6: a message that fails verification is never sent back, held or
+    /// judged superseded (the releaser would sign a held body afresh: a
+    /// laundered forgery); it stays on the DLQ as evidence, audited once. One
+    /// whose key the replaying process now holds (a rotation fixed) is replayed
+    /// with its original signature.
+    #[tokio::test]
+    async fn replay_keeps_messages_whose_signature_still_fails_and_never_holds_them() {
+        let (clock, mut options) = at_clock("2026-03-01T00:00:00Z");
+        options.signing = crate::signing::MessageAuth::Hmac(keyring(K1));
+        let f = fixture(5, options);
+        let (k1, k0) = (keyring(K1), keyring(K0));
+        let good = body("E1", "2026-02-01");
+        // Dated after the replay's clock: without the check it would be held.
+        let future = body("E2", "2026-02-01");
+        let altered = body("E3", "2026-01-01");
+        let rotated = body("E4", "2026-01-01");
+        let forbidden = body("E5", "2026-01-01");
+        f.engine.script("E5", &[Outcome::Forbidden]);
+        send_signed(&f.queue, &future, BTreeMap::new()).await;
+        send_signed(&f.queue, &altered, k1.sign(&good)).await;
+        send_signed(&f.queue, &rotated, k0.sign(&rotated)).await;
+        send_signed(&f.queue, &forbidden, k1.sign(&forbidden)).await;
+        for _ in 0..4 {
+            f.consumer.handle(receive_one(&f.queue).await).await;
+        }
+        let reasons: Vec<String> = f
+            .dlq
+            .snapshot()
+            .iter()
+            .map(|(_, a)| a[attr::REASON].clone())
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "bad_signature",
+                "bad_signature",
+                "bad_signature",
+                "forbidden"
+            ]
+        );
+        let before = lock(&f.audit.rows).len();
+
+        clock.set(t("2026-01-15T00:00:00Z"));
+        let replay = ReplayOptions {
+            actor: "tester".into(),
+            clock: clock.clock(),
+            signing: crate::signing::MessageAuth::Hmac(keyring(&format!("{K1},{K0}"))),
+            ..ReplayOptions::default()
+        };
+        let report = replay_dead_letters(&f.dlq, &f.queue, f.audit.as_ref(), &replay)
+            .await
+            .unwrap();
+        let by_id: HashMap<_, _> = report
+            .items
+            .iter()
+            .map(|i| (i.external_id.clone().unwrap(), i.clone()))
+            .collect();
+        assert_eq!(by_id.len(), 4, "{report:?}");
+        for e in ["E2", "E3"] {
+            let item = &by_id[e];
+            assert!(!item.replayed && item.held_until.is_none(), "{item:?}");
+            let why = item.skipped.as_deref().unwrap_or_default();
+            assert!(
+                why.contains("bad_signature") && why.contains("kept in the dead-letter queue"),
+                "{why}"
+            );
+        }
+        assert!(
+            by_id["E2"]
+                .skipped
+                .as_deref()
+                .is_some_and(|s| s.contains("not signed"))
+        );
+        assert!(
+            by_id["E3"]
+                .skipped
+                .as_deref()
+                .is_some_and(|s| s.contains("does not match"))
+        );
+        assert!(by_id["E4"].replayed && by_id["E5"].replayed);
+        assert!(
+            lock(&f.audit.holds).is_empty(),
+            "a forgery must never be held"
+        );
+        // Only the two authentic ones went back, with their own signatures.
+        let sent = f.queue.snapshot();
+        assert_eq!(sent.len(), 2);
+        for (b, a) in &sent {
+            assert!(keyring(&format!("{K1},{K0}")).verify(b, a).is_ok());
+        }
+        assert_eq!(
+            sent.iter()
+                .filter(|(_, a)| a[attr::SIGNATURE_KEY_ID] == "k0")
+                .count(),
+            1
+        );
+        // The two forgeries stay on the DLQ, visible for inspection.
+        let left: Vec<String> = f
+            .dlq
+            .receive(10, Duration::ZERO)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(left.len(), 2);
+        assert!(left.contains(&future) && left.contains(&altered));
+        // One audit row each: two `invalid` skips (no idempotency key: the body
+        // is not trusted), two `retrying` replays.
+        let rows: Vec<AuditEntry> = lock(&f.audit.rows)[before..].to_vec();
+        assert_eq!(rows.len(), 4, "{rows:?}");
+        assert!(
+            rows.iter()
+                .all(|r| r.action == "replay" && r.actor.as_deref() == Some("tester"))
+        );
+        let invalid: Vec<_> = rows
+            .iter()
+            .filter(|r| r.outcome == Outcome::Invalid)
+            .collect();
+        assert_eq!(invalid.len(), 2);
+        assert!(
+            invalid
+                .iter()
+                .all(|r| r.idempotency_key.is_none() && r.manifest.is_none())
+        );
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r.outcome == Outcome::Retrying)
+                .count(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn replay_refuses_a_reason_the_consumer_never_writes() {
+        let f = fixture(5, quick());
+        send(&f.dlq, &[body("E1", "2020-01-01")]).await;
+        let options = ReplayOptions {
+            reason: Some("not_a_reason".into()),
+            ..ReplayOptions::default()
+        };
+        let err = replay_dead_letters(&f.dlq, &f.queue, f.audit.as_ref(), &options)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ReplayError::Reason { .. }), "{text}");
+        assert!(
+            text.contains("bad_signature")
+                && text.contains("forbidden")
+                && text.contains("unknown"),
+            "{text}"
+        );
+        // Refused before touching the queue: the message is still visible.
+        assert_eq!(f.dlq.receive(10, Duration::ZERO).await.unwrap().len(), 1);
+        let reasons = dead_letter_reasons();
+        assert_eq!(
+            reasons,
+            [
+                "ambiguous",
+                "identity_mismatch",
+                "invalid",
+                "forbidden",
+                "failed",
+                "bad_signature",
+                "unknown"
+            ]
+        );
     }
 
     #[test]

@@ -1,17 +1,23 @@
 //! `deprovision replay-dlq [--max N] [--reason R] [--dry-run]`: moves
 //! dead-lettered terminations back to the terminations queue after their cause is
 //! fixed (receive, send, delete; each replay audited with the operator's name).
-//! Each termination is re-checked first: one superseded by a later rehire or
-//! termination is skipped (audited, removed from the DLQ) and one not yet due is
-//! held durably instead. Prints one line per message seen (with the reason for
-//! each skip), then a count.
+//! Each message is re-checked first: its signature with this process's own keys
+//! (`MESSAGE_SIGNING_KEYS` / `MESSAGE_SIGNING=off`, the same set-up as `serve`;
+//! one that still fails is skipped, audited and kept on the DLQ as evidence); a
+//! termination superseded by a later rehire or termination is skipped (audited,
+//! removed from the DLQ) and one not yet due is held durably instead. One run is
+//! one pass (`consume::replay_dead_letters`): it ends although a running `serve`
+//! dead-letters replays again. `--reason` accepts only the reasons the consumer
+//! writes. Prints one line per message handled (with the reason for each skip),
+//! then a count. Does not decide anything itself: the pass logic is in
+//! `consume`.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use deprovision::audit::AuditStore;
-use deprovision::config::{ActorArgs, AuditArgs, AwsArgs};
-use deprovision::consume::{ReplayOptions, replay_dead_letters};
+use deprovision::config::{ActorArgs, AuditArgs, AwsArgs, SigningArgs};
+use deprovision::consume::{ReplayOptions, dead_letter_reasons, replay_dead_letters};
 use deprovision::queue::sqs::load_aws_config;
 
 /// Flags of `deprovision replay-dlq`.
@@ -20,9 +26,10 @@ pub struct ReplayArgs {
     /// Replay at most this many messages.
     #[arg(long)]
     pub max: Option<u64>,
-    /// Replay only messages dead-lettered for this reason (an outcome such as
-    /// `forbidden` or `failed`; `unknown` for messages SQS moved on its own).
-    #[arg(long)]
+    /// Replay only messages dead-lettered for this reason: a reason the
+    /// consumer writes (`forbidden`, `failed`, `bad_signature`, …; `unknown` for
+    /// messages SQS moved on its own). Anything else is refused at start-up.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(dead_letter_reasons()))]
     pub reason: Option<String>,
     /// List what would be replayed; move nothing.
     #[arg(long)]
@@ -36,6 +43,9 @@ pub struct ReplayArgs {
     pub audit: AuditArgs,
     #[command(flatten)]
     pub aws: AwsArgs,
+    /// The keys each message's signature is checked with before it is sent back.
+    #[command(flatten)]
+    pub signing: SigningArgs,
 }
 
 /// Output format of `replay-dlq`.
@@ -47,8 +57,11 @@ pub enum Format {
     Json,
 }
 
-/// Replays; exit 0 unless a queue or audit call failed.
+/// Replays; exit 0 unless a queue or audit call failed (or the signing set-up
+/// is missing: without `MESSAGE_SIGNING_KEYS` and without `MESSAGE_SIGNING=off`
+/// it refuses to start, like `serve`).
 pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let signing = args.signing.auth(false)?;
     let aws = load_aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let (terminations, dead_letter) = super::serve::termination_queues(&sqs, &args.aws).await?;
@@ -58,6 +71,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         reason: args.reason.clone(),
         dry_run: args.dry_run,
         actor: args.actor.or("operator"),
+        signing,
         ..ReplayOptions::default()
     };
     let report = replay_dead_letters(&dead_letter, &terminations, &audit, &options)
@@ -106,6 +120,12 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 println!("{n} of {seen} dead-lettered messages would be replayed");
             } else {
                 println!("{n} of {seen} dead-lettered messages replayed");
+            }
+            if report.left_for_next_run > 0 {
+                println!(
+                    "{} more left for the next run (dead-lettered again, or after this run started, or a copy of one handled above)",
+                    report.left_for_next_run
+                );
             }
         }
     }

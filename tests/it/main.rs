@@ -12,6 +12,7 @@ mod manifest;
 mod operator_rails;
 mod pipeline;
 mod rails;
+mod replay;
 mod report;
 mod sim;
 mod support;
