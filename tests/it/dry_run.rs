@@ -365,13 +365,7 @@ async fn dispatch_dry_run_validates_and_enqueues_nothing() {
     let aws = aws().await;
     let db = fresh_postgres().await;
     let queues = aws.queues(5, 30).await;
-    let bucket = crate::pipeline::harness::unique("dry-manifests");
-    aws.s3
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("bucket");
+    let bucket = aws.bucket("dry-manifests").await;
     let future = future_date();
     aws.put(&bucket, "in/terminations.ndjson", manifest(&future))
         .await;

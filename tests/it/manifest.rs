@@ -7,17 +7,10 @@ use std::collections::BTreeSet;
 use deprovision::queue::TerminationMessage;
 
 use crate::audit::fresh_postgres;
-use crate::pipeline::harness::{Aws, Queues, aws, run_bin, unique};
+use crate::pipeline::harness::{Aws, Queues, aws, run_bin};
 
 async fn bucket(aws: &Aws) -> String {
-    let bucket = unique("hr-dispatch");
-    aws.s3
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("bucket");
-    bucket
+    aws.bucket("hr-dispatch").await
 }
 
 fn env(db: &str, queues: &Queues) -> Vec<(String, String)> {

@@ -63,24 +63,6 @@ fn with(env: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String
     env
 }
 
-/// Runs the binary; returns status, stdout and stderr.
-async fn run_full(
-    args: &[&str],
-    env: &[(String, String)],
-) -> (std::process::ExitStatus, String, String) {
-    let out = tokio::process::Command::new(bin())
-        .args(args)
-        .envs(env.iter().cloned())
-        .output()
-        .await
-        .expect("run deprovision");
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// A 600-record manifest, limit 500, through `serve`: held whole — no message
 /// on the terminations queue, a `held` audit row naming the MANIFEST_ID, the S3
 /// event deleted — until `approve`, after which all 600 are deactivated and the
@@ -176,13 +158,7 @@ async fn a_rejected_manifest_is_discarded_for_good() {
     let aws = aws().await;
     let db = fresh_postgres().await;
     let queues = aws.queues(5, 30).await;
-    let bucket = unique("hr-rails");
-    aws.s3
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("bucket");
+    let bucket = aws.bucket("hr-rails").await;
     let recs = records("RJ", 6);
     let body = json_manifest(&recs);
     let id = manifest_id(&body);
@@ -240,13 +216,7 @@ async fn the_share_limit_trips_with_a_small_org() {
     let aws = aws().await;
     let db = fresh_postgres().await;
     let queues = aws.queues(5, 30).await;
-    let bucket = unique("hr-share");
-    aws.s3
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("bucket");
+    let bucket = aws.bucket("hr-share").await;
     let org = records("SH", 20);
     let sim = start_sim(sim_config(&org).0).await;
     let env = with(
@@ -756,13 +726,7 @@ async fn approve_refuses_a_manifest_changed_since_it_was_held() {
     let aws = aws().await;
     let db = fresh_postgres().await;
     let queues = aws.queues(5, 30).await;
-    let bucket = unique("hr-changed");
-    aws.s3
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("bucket");
+    let bucket = aws.bucket("hr-changed").await;
     let recs = records("CH", 6);
     let body = json_manifest(&recs);
     let id = manifest_id(&body);

@@ -807,6 +807,30 @@ async fn a_termination_dated_before_a_recorded_rehire_is_rescinded_and_listed() 
     assert!(!out.contains("RH0002"), "a success is not listed: {out}");
 }
 
+/// Runs `run --sandbox` on a CSV manifest `body` with 8 workers (so the order
+/// in which messages are handled varies) and extra `args`; the audit store of
+/// that run, its status and standard output.
+async fn sandbox_run(
+    dir: &tempfile::TempDir,
+    body: &str,
+    args: &[&str],
+) -> (AuditStore, std::process::ExitStatus, String) {
+    let db_url = format!("sqlite://{}", dir.path().join("sandbox.db").display());
+    let manifest = dir.path().join("m.csv");
+    std::fs::write(&manifest, body).expect("write manifest");
+    let manifest = manifest.display().to_string();
+    let env = vec![
+        ("HR_TIMEZONE".to_owned(), "UTC".to_owned()),
+        ("CONCURRENCY".to_owned(), "8".to_owned()),
+    ];
+    let mut argv = vec!["run", "--sandbox", "--sandbox-database-url", &db_url];
+    argv.extend_from_slice(args);
+    argv.push(&manifest);
+    let (status, out) = run_bin(&argv, &env).await;
+    let store = AuditStore::connect(&db_url).await.expect("store");
+    (store, status, out)
+}
+
 /// A future termination and, later in the same manifest, a rehire of the same
 /// person dated before it: whichever message is handled first, the file's order
 /// wins and nothing stays held (the person is never deactivated).
@@ -814,35 +838,13 @@ async fn a_termination_dated_before_a_recorded_rehire_is_rescinded_and_listed() 
 async fn a_later_rehire_in_the_same_manifest_wins_whatever_the_order_handled() {
     let due = (Utc::now() + chrono::Duration::days(20)).date_naive();
     let rehired = (Utc::now() + chrono::Duration::days(1)).date_naive();
+    let body = format!(
+        "externalId,terminationDate,action\nSM0001,{due},terminate\nSM0001,{rehired},rehire\nSM0002,2026-01-05,terminate\n"
+    );
     for round in 0..4 {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db_url = format!("sqlite://{}", dir.path().join("sandbox.db").display());
-        let manifest = dir.path().join("m.csv");
-        std::fs::write(
-            &manifest,
-            format!(
-                "externalId,terminationDate,action\nSM0001,{due},terminate\nSM0001,{rehired},rehire\nSM0002,2026-01-05,terminate\n"
-            ),
-        )
-        .expect("write manifest");
-        let manifest = manifest.display().to_string();
-        let env = vec![
-            ("HR_TIMEZONE".to_owned(), "UTC".to_owned()),
-            ("CONCURRENCY".to_owned(), "8".to_owned()),
-        ];
-        let (status, out) = run_bin(
-            &[
-                "run",
-                "--sandbox",
-                "--sandbox-database-url",
-                db_url.as_str(),
-                manifest.as_str(),
-            ],
-            &env,
-        )
-        .await;
+        let (store, status, out) = sandbox_run(&dir, &body, &[]).await;
         assert!(status.success(), "round {round}: {out}");
-        let store = AuditStore::connect(&db_url).await.expect("store");
         let pending = store.pending_holds().await.expect("holds");
         assert!(
             pending.is_empty(),
@@ -860,35 +862,13 @@ async fn a_later_rehire_in_the_same_manifest_wins_whatever_the_order_handled() {
 async fn a_termination_after_a_rehire_in_the_same_manifest_stays_held_whatever_the_order() {
     let rehired = (Utc::now() + chrono::Duration::days(1)).date_naive();
     let due = (Utc::now() + chrono::Duration::days(20)).date_naive();
+    let body = format!(
+        "externalId,terminationDate,action\nSA0001,{rehired},rehire\nSA0001,{due},terminate\nSA0002,2026-01-05,terminate\n"
+    );
     for round in 0..4 {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db_url = format!("sqlite://{}", dir.path().join("sandbox.db").display());
-        let manifest = dir.path().join("m.csv");
-        std::fs::write(
-            &manifest,
-            format!(
-                "externalId,terminationDate,action\nSA0001,{rehired},rehire\nSA0001,{due},terminate\nSA0002,2026-01-05,terminate\n"
-            ),
-        )
-        .expect("write manifest");
-        let manifest = manifest.display().to_string();
-        let env = vec![
-            ("HR_TIMEZONE".to_owned(), "UTC".to_owned()),
-            ("CONCURRENCY".to_owned(), "8".to_owned()),
-        ];
-        let (status, out) = run_bin(
-            &[
-                "run",
-                "--sandbox",
-                "--sandbox-database-url",
-                db_url.as_str(),
-                manifest.as_str(),
-            ],
-            &env,
-        )
-        .await;
+        let (store, status, out) = sandbox_run(&dir, &body, &[]).await;
         assert!(status.success(), "round {round}: {out}");
-        let store = AuditStore::connect(&db_url).await.expect("store");
         let pending = store.pending_holds().await.expect("holds");
         assert_eq!(pending.len(), 1, "round {round}: {pending:?}\n{out}");
         assert_eq!(pending[0].external_id, "SA0001");
@@ -913,27 +893,7 @@ async fn a_due_termination_with_a_later_rehire_in_the_file_is_never_deactivated(
     }
     for round in 0..3 {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db_url = format!("sqlite://{}", dir.path().join("sandbox.db").display());
-        let manifest = dir.path().join("m.csv");
-        std::fs::write(&manifest, &body).expect("write manifest");
-        let manifest = manifest.display().to_string();
-        let env = vec![
-            ("HR_TIMEZONE".to_owned(), "UTC".to_owned()),
-            ("CONCURRENCY".to_owned(), "8".to_owned()),
-        ];
-        let (status, out) = run_bin(
-            &[
-                "run",
-                "--sandbox",
-                "--sandbox-database-url",
-                db_url.as_str(),
-                "--format",
-                "json",
-                manifest.as_str(),
-            ],
-            &env,
-        )
-        .await;
+        let (store, status, out) = sandbox_run(&dir, &body, &["--format", "json"]).await;
         assert!(status.success(), "round {round}: {out}");
         let summary: serde_json::Value = serde_json::from_str(&out).expect("summary JSON");
         assert_eq!(
@@ -941,7 +901,6 @@ async fn a_due_termination_with_a_later_rehire_in_the_file_is_never_deactivated(
             serde_json::json!([["deactivated", 9], ["rescinded", 6]]),
             "round {round}: {out}"
         );
-        let store = AuditStore::connect(&db_url).await.expect("store");
         let rows = store.termination_rows(None, None).await.expect("rows");
         for i in 0..3 {
             let who = format!("RL{i:04}");

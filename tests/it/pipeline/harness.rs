@@ -118,16 +118,22 @@ impl Aws {
         }
     }
 
-    /// A bucket whose ObjectCreated notifications go to `events_url` (moto sends
-    /// an `s3:TestEvent` there first, as S3 does).
-    pub async fn bucket_notifying(&self, events_url: &str) -> String {
-        let bucket = unique("hr-manifests");
+    /// A new bucket named `prefix` plus a unique suffix.
+    pub async fn bucket(&self, prefix: &str) -> String {
+        let bucket = unique(prefix);
         self.s3
             .create_bucket()
             .bucket(&bucket)
             .send()
             .await
             .expect("create bucket");
+        bucket
+    }
+
+    /// A bucket whose ObjectCreated notifications go to `events_url` (moto sends
+    /// an `s3:TestEvent` there first, as S3 does).
+    pub async fn bucket_notifying(&self, events_url: &str) -> String {
+        let bucket = self.bucket("hr-manifests").await;
         let arn = self.queue_arn(events_url).await;
         let config = NotificationConfiguration::builder()
             .queue_configurations(
@@ -403,6 +409,21 @@ impl Service {
 
 /// Runs the binary to completion with `args` and `env`; returns status and
 /// standard output.
+/// Runs the binary with `args` and `env`; its status, stdout and stderr.
+pub async fn run_full(args: &[&str], env: &[(String, String)]) -> (ExitStatus, String, String) {
+    let out = tokio::process::Command::new(bin())
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .await
+        .expect("run deprovision");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub async fn run_bin(args: &[&str], env: &[(String, String)]) -> (ExitStatus, String) {
     let out = tokio::process::Command::new(bin())
         .args(args)

@@ -522,13 +522,7 @@ async fn dispatch_of_a_missing_object_names_it_and_the_s3_error() {
     let aws = aws().await;
     let db = fresh_postgres().await;
     let queues = aws.queues(5, 30).await;
-    let bucket = unique("missing-manifests");
-    aws.s3
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("bucket");
+    let bucket = aws.bucket("missing-manifests").await;
     let env: Vec<(String, String)> = [
         ("DATABASE_URL", db.url.clone()),
         ("TERMINATIONS_QUEUE_URL", queues.terminations.clone()),
@@ -539,14 +533,8 @@ async fn dispatch_of_a_missing_object_names_it_and_the_s3_error() {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let object = format!("s3://{bucket}/in/nothing-here.json");
-    let out = tokio::process::Command::new(bin())
-        .args(["dispatch", &object])
-        .envs(env.iter().cloned())
-        .output()
-        .await
-        .expect("run deprovision");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (status, _, err) = run_full(&["dispatch", &object], &env).await;
+    assert!(!status.success());
     assert!(err.contains(&object), "{err}");
     assert!(err.contains("NoSuchKey"), "{err}");
     for noise in ["<?xml", "x-amz", "headers"] {
@@ -573,14 +561,8 @@ async fn run_with_refused_credentials_refuses_to_start() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("m.json");
     std::fs::write(&path, json_manifest(&recs)).expect("write");
-    let out = tokio::process::Command::new(bin())
-        .args(["run", &path.display().to_string()])
-        .envs(env.iter().cloned())
-        .output()
-        .await
-        .expect("run deprovision");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (status, _, err) = run_full(&["run", &path.display().to_string()], &env).await;
+    assert!(!status.success());
     assert!(err.contains("refusing to start"), "{err}");
     assert!(err.contains(PRIMARY.0), "names the client: {err}");
     assert!(!err.contains(wrong), "the secret leaked: {err}");
@@ -614,19 +596,10 @@ async fn run_retry_failed_attempts_dead_lettered_people_again() {
             let mut args = vec!["run", "--format", "json"];
             args.extend_from_slice(extra);
             args.push(&path);
-            let out = tokio::process::Command::new(bin())
-                .args(&args)
-                .envs(env.iter().cloned())
-                .output()
-                .await
-                .expect("run deprovision");
+            let (status, out, err) = run_full(&args, &env).await;
             let summary: serde_json::Value =
-                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-            (
-                out.status,
-                summary,
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
+                serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+            (status, summary, err)
         }
     };
 
