@@ -95,16 +95,16 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 };
                 println!(
                     "{verb:<12} {}  externalId={}  reason={}{}",
-                    item.message_id,
-                    item.external_id.as_deref().unwrap_or("-"),
-                    item.reason,
+                    shown(&item.message_id),
+                    item.external_id.as_deref().map_or("-".into(), shown),
+                    shown(&item.reason),
                     item.detail
-                        .as_ref()
-                        .map(|d| format!("  ({d})"))
+                        .as_deref()
+                        .map(|d| format!("  ({})", shown(d)))
                         .unwrap_or_default()
                 );
                 if let Some(why) = &item.skipped {
-                    println!("{:<12} why: {why}", "");
+                    println!("{:<12} why: {}", "", shown(why));
                 }
                 if let Some(until) = item.held_until {
                     println!(
@@ -130,4 +130,40 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Text from a dead-lettered message (its body and attributes are untrusted: a
+/// forgery is listed too) as one printable line of at most 300 characters:
+/// control characters escaped (`\n`, `\u{1b}`), so that it cannot fake lines of
+/// this report or drive the terminal.
+fn shown(text: &str) -> String {
+    const MAX: usize = 300;
+    let mut out = String::with_capacity(text.len().min(MAX));
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn untrusted_text_is_one_printable_line() {
+        let forged = "boom\n\u{1b}[32mreplayed fake-id\u{1b}[0m\r\n1 of 1 replayed";
+        let line = shown(forged);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains("\\n") && line.contains("\\u{1b}"), "{line}");
+        assert_eq!(shown(&"x".repeat(1000)).chars().count(), 301);
+        assert_eq!(shown("EMP00060"), "EMP00060");
+    }
 }
