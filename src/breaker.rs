@@ -161,6 +161,8 @@ pub enum Gate {
         reason: String,
         /// True when this call recorded the hold (write the audit row then).
         new: bool,
+        /// True when an operator rejected this content: no approval releases it.
+        rejected: bool,
     },
 }
 
@@ -383,7 +385,11 @@ impl Breaker {
         if let Some(existing) = self.store.held_manifest(&draft.manifest_id).await? {
             return Ok(match decided_reason(&existing) {
                 None => Gate::Proceed,
-                Some(reason) => Gate::Hold { reason, new: false },
+                Some(reason) => Gate::Hold {
+                    reason,
+                    new: false,
+                    rejected: existing.state == ManifestHoldState::Rejected,
+                },
             });
         }
         let (reason, active) = self.assess(draft.terminations).await?;
@@ -400,7 +406,11 @@ impl Breaker {
             ..draft.clone()
         };
         let new = self.store.insert_held_manifest(&held).await?;
-        Ok(Gate::Hold { reason, new })
+        Ok(Gate::Hold {
+            reason,
+            new,
+            rejected: false,
+        })
     }
 }
 

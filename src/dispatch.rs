@@ -240,6 +240,10 @@ pub struct DispatchReport {
     /// Why the mass-deactivation breaker held it, when it did (nothing was
     /// enqueued; `deprovision approve MANIFEST_ID` releases it).
     pub held: Option<String>,
+    /// True when the hold is an operator's rejection of this content: no
+    /// approval releases it (only corrected content, a new manifest, proceeds).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub held_rejected: bool,
     /// Distinct valid terminations the first pass counted (rehires excluded):
     /// the number the mass-deactivation breaker judges.
     pub terminations: u64,
@@ -675,6 +679,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                     sha256: None,
                     manifest_id: None,
                     held: None,
+                    held_rejected: false,
                     terminations: 0,
                 };
                 self.audit_manifest(&report, attempt, dry_run).await?;
@@ -953,6 +958,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             sha256: Some(sha256),
             manifest_id: Some(manifest_id),
             held: None,
+            held_rejected: false,
             terminations,
         };
         self.audit_manifest(&report, attempt, dry_run).await?;
@@ -1348,7 +1354,12 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             manifest: name.to_owned(),
             detail: e.to_string(),
         })?;
-        let Gate::Hold { reason, new } = gate else {
+        let Gate::Hold {
+            reason,
+            new,
+            rejected,
+        } = gate
+        else {
             return Ok(None);
         };
         let approve = self
@@ -1356,8 +1367,13 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             .approve_command
             .clone()
             .unwrap_or_else(|| format!("deprovision approve {manifest_id}"));
-        let how =
-            format!("approve with `{approve}` or discard with `deprovision reject {manifest_id}`");
+        let how = if rejected {
+            "an operator rejected this content: no approval releases it; send corrected \
+             content as a new manifest"
+                .to_owned()
+        } else {
+            format!("approve with `{approve}` or discard with `deprovision reject {manifest_id}`")
+        };
         error!(
             manifest = name,
             manifest_id,
@@ -1394,6 +1410,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
             sha256: Some(sha256.to_owned()),
             manifest_id: Some(manifest_id),
             held: Some(reason),
+            held_rejected: rejected,
             terminations,
         }))
     }

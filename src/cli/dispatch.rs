@@ -150,6 +150,9 @@ async fn plan(
         .as_ref()
         .and_then(|v| v["reason"].as_str().map(str::to_owned));
     let held = held.filter(|_| verdict.as_ref().is_some_and(|v| v["wouldHold"] == true));
+    let verdict_rejected = verdict
+        .as_ref()
+        .is_some_and(|v| v.get("rejected").is_some_and(|r| !r.is_null()));
     let mut value = serde_json::to_value(&report)?;
     if let Some(obj) = value.as_object_mut() {
         obj.insert("dry_run".into(), true.into());
@@ -166,9 +169,15 @@ async fn plan(
     }
     println!("{}", serde_json::to_string_pretty(&value)?);
     if let (Some(reason), Some(id)) = (&held, &report.manifest_id) {
-        eprintln!(
-            "dry run: a real dispatch would be held by the mass-deactivation breaker as {id} ({reason}); nothing would be enqueued until `deprovision approve {id}`"
-        );
+        if verdict_rejected {
+            eprintln!(
+                "dry run: a real dispatch would be held: an operator rejected this content as {id} ({reason}); no approval releases it"
+            );
+        } else {
+            eprintln!(
+                "dry run: a real dispatch would be held by the mass-deactivation breaker as {id} ({reason}); nothing would be enqueued until `deprovision approve {id}`"
+            );
+        }
     }
     Ok(match (&report.rejected_file, &held) {
         (Some(_), _) => ExitCode::from(2),

@@ -394,11 +394,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let _ = pool.await;
         audit.close().await;
         let id = report.manifest_id.as_deref().unwrap_or("-");
-        eprintln!(
-            "manifest held by the mass-deactivation breaker as {id}, nothing was done: {reason}\n\
-             if this many terminations are intended, run again with --approve \
-             (or `deprovision reject {id}` to discard it)"
-        );
+        if report.held_rejected {
+            eprintln!(
+                "manifest {id} was rejected by an operator, nothing was done: {reason}\n\
+                 no approval releases it, not even --approve; if terminations in it are \
+                 still due, send them in a corrected manifest"
+            );
+        } else {
+            eprintln!(
+                "manifest held by the mass-deactivation breaker as {id}, nothing was done: {reason}\n\
+                 if this many terminations are intended, run again with --approve \
+                 (or `deprovision reject {id}` to discard it)"
+            );
+        }
         if args.format == Format::Json {
             println!(
                 "{}",
@@ -584,9 +592,15 @@ fn held_document(args: &RunArgs, report: &DispatchReport, reason: &str) -> serde
         "terminations": report.terminations,
         "enqueued": 0,
         "sandbox": args.sandbox,
-        "approve": format!("deprovision run {} --approve --by NAME", args.manifest),
-        "reject": format!("deprovision reject {id} --by NAME"),
-        "message": "held by the mass-deactivation breaker; nothing was done. If this many terminations are intended, run again with --approve; otherwise reject it.",
+        "rejected": report.held_rejected,
+        "approve": (!report.held_rejected)
+            .then(|| format!("deprovision run {} --approve --by NAME", args.manifest)),
+        "reject": (!report.held_rejected).then(|| format!("deprovision reject {id} --by NAME")),
+        "message": if report.held_rejected {
+            "an operator rejected this content; nothing was done, and no approval releases it. Send terminations that are still due in a corrected manifest."
+        } else {
+            "held by the mass-deactivation breaker; nothing was done. If this many terminations are intended, run again with --approve; otherwise reject it."
+        },
     })
 }
 

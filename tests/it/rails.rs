@@ -199,12 +199,35 @@ async fn a_rejected_manifest_is_discarded_for_good() {
     assert!(!status.success());
     assert!(err.contains("no held manifest"), "{err}");
 
-    // The same bytes under another key: still never dispatched.
-    aws.put(&bucket, "hr/again.json", body).await;
-    let (status, out, _) =
-        run_full(&["dispatch", &format!("s3://{bucket}/hr/again.json")], &env).await;
+    // The same bytes under another key: still never dispatched, and no hint
+    // says to approve what no approval releases.
+    aws.put(&bucket, "hr/again.json", body.clone()).await;
+    let again = format!("s3://{bucket}/hr/again.json");
+    let (status, out, err) = run_full(&["dispatch", &again], &env).await;
     assert_eq!(status.code(), Some(3), "{out}");
     assert!(out.contains("rejected by carol"), "{out}");
+    assert!(out.contains("\"held_rejected\": true"), "{out}");
+    assert!(!err.contains("approve with"), "{err}");
+    let (status, out, err) = run_full(&["dispatch", "--dry-run", &again], &env).await;
+    assert_eq!(status.code(), Some(3), "{out}\n{err}");
+    assert!(
+        err.contains("rejected") && !err.contains("deprovision approve"),
+        "{err}"
+    );
+    // `run` of the same content: a document without an approve command.
+    let dir = tempfile::tempdir().expect("dir");
+    let local = dir.path().join("a.json");
+    std::fs::write(&local, &body).expect("write");
+    let (status, out, err) = run_full(
+        &["run", "--format", "json", &local.display().to_string()],
+        &env,
+    )
+    .await;
+    assert_eq!(status.code(), Some(3), "{out}\n{err}");
+    let held: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(held["rejected"], true, "{held}");
+    assert!(held["approve"].is_null(), "{held}");
+    assert!(!err.contains("run again with --approve"), "{err}");
     assert_eq!(aws.depth(&queues.terminations).await, 0);
     assert_eq!(sim.stats().count(ResourceKind::User, "PATCH"), 0);
 }
