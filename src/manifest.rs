@@ -977,10 +977,47 @@ fn read_ndjson<R: BufRead, F: FnMut(Entry) -> ControlFlow<()>>(
     }
 }
 
+/// Refuses a line longer than [`MAX_RECORD_BYTES`] while the CSV reader reads
+/// it (the csv crate would hold a record of any size in memory), remembering
+/// on which line it happened.
+struct LineLimit<R> {
+    inner: R,
+    since_newline: u64,
+    line: u64,
+    tripped: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for LineLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                self.since_newline = 0;
+                self.line += 1;
+            } else {
+                self.since_newline += 1;
+                if self.since_newline > MAX_RECORD_BYTES {
+                    self.tripped.store(self.line, Ordering::Relaxed);
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
 fn read_csv<R: Read, F: FnMut(Entry) -> ControlFlow<()>>(
     input: R,
     sink: &mut Sink<'_, F>,
 ) -> Result<(), ManifestError> {
+    // 0: not tripped; else the 1-based line that was too long.
+    let tripped = Arc::new(AtomicU64::new(0));
+    let input = LineLimit {
+        inner: input,
+        since_newline: 0,
+        line: 1,
+        tripped: tripped.clone(),
+    };
     // Records end at LF only, so that a CRLF file's positions count lines the
     // way an editor does; the stray CR is whitespace, trimmed with the rest.
     let mut reader = csv::ReaderBuilder::new()
@@ -998,6 +1035,15 @@ fn read_csv<R: Read, F: FnMut(Entry) -> ControlFlow<()>>(
             _ => (e.position().map_or(1, csv::Position::line), 1),
         };
         let message = e.to_string();
+        let too_long = tripped.load(Ordering::Relaxed);
+        if too_long > 0 {
+            return ManifestError::Syntax {
+                format: Format::Csv,
+                line: too_long,
+                column: MAX_RECORD_BYTES + 1,
+                message: format!("line is longer than {MAX_RECORD_BYTES} bytes"),
+            };
+        }
         match e.into_kind() {
             csv::ErrorKind::Io(io) => ManifestError::Io(io),
             _ => ManifestError::Syntax {
@@ -1131,6 +1177,33 @@ mod tests {
             judge(0, &rec("E1", "2026-03-01", RecordAction::Rehire)),
             None
         );
+    }
+
+    /// A CSV line longer than MAX_RECORD_BYTES rejects the file (as in JSON and
+    /// NDJSON) instead of being read into memory whole; a long but allowed one
+    /// is read.
+    #[test]
+    fn a_csv_line_over_the_record_limit_rejects_the_file() {
+        let limit = MAX_RECORD_BYTES as usize;
+        let long = format!(
+            "externalId,terminationDate\nE1,2026-03-02\n{},2026-03-02\n",
+            "C".repeat(limit + 10)
+        );
+        let err = collect(&long, Some(Format::Csv)).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ManifestError::Syntax { format: Format::Csv, line: 3, message, .. }
+                    if message.contains("longer than")
+            ),
+            "{err:?}"
+        );
+        let fits = format!(
+            "externalId,terminationDate\n{},2026-03-02\n",
+            "C".repeat(limit - 20)
+        );
+        let (summary, _) = collect(&fits, Some(Format::Csv)).unwrap();
+        assert_eq!(summary.records, 1);
     }
 
     #[test]
