@@ -274,14 +274,20 @@ pub fn count_and_hash<R: Read>(
     let mut terminations = 0u64;
     let mut rehires = manifest::RehireIndex::default();
     let summary = manifest::read(&mut hashing, hint, |entry| {
-        if let Entry::Valid {
-            record, position, ..
-        } = &entry
-        {
-            match record.action {
+        match &entry {
+            Entry::Valid {
+                record, position, ..
+            } => match record.action {
                 RecordAction::Terminate => terminations += 1,
                 RecordAction::Rehire => rehires.note(position.index, record),
-            }
+            },
+            Entry::Rejected {
+                position,
+                external_id: Some(external_id),
+                rehire: true,
+                ..
+            } => rehires.note_rejected(position.index, external_id),
+            _ => {}
         }
         ControlFlow::Continue(())
     })?;

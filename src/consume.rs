@@ -995,14 +995,20 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
         // or dated at or after this termination, withdraws it even when this
         // message is handled first (the rehire may not be recorded yet).
         if let Some(rehire) = termination.rehired_in_manifest {
-            let reason = format!(
-                "rehired by record {} of the same manifest {} (effective {})",
-                rehire.index,
-                origin_name(&termination.origin),
-                rehire
-                    .effective_at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            );
+            let reason = match rehire.effective_at {
+                Some(at) => format!(
+                    "rehired by record {} of the same manifest {} (effective {})",
+                    rehire.index,
+                    origin_name(&termination.origin),
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                ),
+                None => format!(
+                    "record {} of the same manifest {} rehires this person but was rejected; \
+                     not acted on until HR sends a corrected file",
+                    rehire.index,
+                    origin_name(&termination.origin),
+                ),
+            };
             let step = self.rescind(message, termination, &reason, started).await;
             self.notify(&step, Some(termination), None, |d| d.reason = Some(reason));
             return step;
@@ -3003,7 +3009,7 @@ mod tests {
                 .unwrap();
         m.rehired_in_manifest = Some(crate::domain::SameManifestRehire {
             index: 7,
-            effective_at: t("2026-02-21T00:00:00Z"),
+            effective_at: Some(t("2026-02-21T00:00:00Z")),
         });
         send(&f.queue, &[m.encode()]).await;
         assert_eq!(

@@ -834,6 +834,7 @@ impl<Q: Queue, A: AuditSink> Dispatcher<Q, A> {
                     position,
                     external_id,
                     reason,
+                    ..
                 } => {
                     let mut at = origin.clone();
                     at.index = Some(position.index);

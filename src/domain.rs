@@ -556,8 +556,10 @@ impl fmt::Display for Outcome {
 pub struct SameManifestRehire {
     /// The rehire's zero-based record index in the manifest.
     pub index: u64,
-    /// When the rehire takes effect (UTC).
-    pub effective_at: DateTime<Utc>,
+    /// When the rehire takes effect (UTC); `None` when the rehire record was
+    /// rejected (e.g. an unreadable date): the termination is withdrawn until
+    /// HR sends a corrected file.
+    pub effective_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

@@ -56,7 +56,9 @@ pub const MAX_REHIRED_PEOPLE: usize = 1 << 16;
 /// the termination. Memory: at most [`MAX_REHIRED_PEOPLE`] people.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RehireIndex {
-    by_person: HashMap<ExternalId, Vec<(u64, TerminationDate)>>,
+    /// Per person: each rehire record's index and date (`None`: the record was
+    /// rejected, so its date is unknown).
+    by_person: HashMap<ExternalId, Vec<(u64, Option<TerminationDate>)>>,
     /// Rehire records of people not remembered (over the cap).
     pub overflow: u64,
 }
@@ -64,17 +66,31 @@ pub struct RehireIndex {
 impl RehireIndex {
     /// Notes `record` (record `index` of the file) if it is a rehire.
     pub fn note(&mut self, index: u64, record: &TerminationRecord) {
-        if record.action != RecordAction::Rehire {
-            return;
+        if record.action == RecordAction::Rehire {
+            self.insert(
+                record.external_id.clone(),
+                (index, Some(record.termination_date)),
+            );
         }
+    }
+
+    /// Notes a rejected record (record `index`) that says `"action":
+    /// "rehire"` for the raw externalId `external_id`: HR meant to rehire this
+    /// person, so every termination of them in the file is withdrawn (fail
+    /// closed) until a corrected file comes. An externalId that is itself
+    /// invalid identifies nobody and is ignored.
+    pub fn note_rejected(&mut self, index: u64, external_id: &str) {
+        if let Ok(id) = ExternalId::parse(external_id) {
+            self.insert(id, (index, None));
+        }
+    }
+
+    fn insert(&mut self, id: ExternalId, rehire: (u64, Option<TerminationDate>)) {
         let known = self.by_person.len();
-        match self.by_person.get_mut(&record.external_id) {
-            Some(v) => v.push((index, record.termination_date)),
+        match self.by_person.get_mut(&id) {
+            Some(v) => v.push(rehire),
             None if known < MAX_REHIRED_PEOPLE => {
-                self.by_person.insert(
-                    record.external_id.clone(),
-                    vec![(index, record.termination_date)],
-                );
+                self.by_person.insert(id, vec![rehire]);
             }
             None => self.overflow += 1,
         }
@@ -86,9 +102,10 @@ impl RehireIndex {
     }
 
     /// The rehire of this file that withdraws the termination `record` (record
-    /// `index`, effective at `effective_at`), if any: the latest in the file of
-    /// those later in the file or effective at or after it. Dates resolve as the
-    /// termination's do (`tz`, `at`). `None` for a rehire record itself.
+    /// `index`, effective at `effective_at`), if any: a rejected rehire record
+    /// of the person, else the latest in the file of those later in the file or
+    /// effective at or after it. Dates resolve as the termination's do (`tz`,
+    /// `at`). `None` for a rehire record itself.
     pub fn withdrawing(
         &self,
         index: u64,
@@ -100,14 +117,18 @@ impl RehireIndex {
         if record.action != RecordAction::Terminate {
             return None;
         }
-        self.by_person
-            .get(&record.external_id)?
+        let rehires = self.by_person.get(&record.external_id)?;
+        let as_sent = |(i, date): &(u64, Option<TerminationDate>)| SameManifestRehire {
+            index: *i,
+            effective_at: date.map(|d| d.effective_at(tz, at)),
+        };
+        if let Some(rejected) = rehires.iter().find(|(_, date)| date.is_none()) {
+            return Some(as_sent(rejected));
+        }
+        rehires
             .iter()
-            .map(|(i, date)| SameManifestRehire {
-                index: *i,
-                effective_at: date.effective_at(tz, at),
-            })
-            .filter(|r| r.index > index || r.effective_at >= effective_at)
+            .map(as_sent)
+            .filter(|r| r.index > index || r.effective_at.is_some_and(|e| e >= effective_at))
             .max_by_key(|r| r.index)
     }
 }
@@ -247,6 +268,9 @@ pub enum Entry {
         external_id: Option<String>,
         /// Why.
         reason: RecordError,
+        /// True when the record says `"action": "rehire"`: HR meant to rehire
+        /// this person, so the file's terminations of them are not acted on.
+        rehire: bool,
     },
     /// A repeat of an earlier record (same idempotency key and userId),
     /// collapsed into it.
@@ -534,7 +558,7 @@ impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
         let position = self.next_position(line);
         self.summary.records += 1;
         let entry = match fields {
-            Err(reason) => self.rejected(position, None, reason),
+            Err(reason) => self.rejected(position, None, reason, false),
             Ok(fields) => self.classify(position, fields),
         };
         (self.each)(entry)
@@ -545,12 +569,14 @@ impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
         position: Position,
         external_id: Option<String>,
         reason: RecordError,
+        rehire: bool,
     ) -> Entry {
         self.summary.rejected += 1;
         Entry::Rejected {
             position,
             external_id,
             reason,
+            rehire,
         }
     }
 
@@ -560,8 +586,12 @@ impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
             .as_ref()
             .and_then(|r| r.as_ref().ok())
             .cloned();
+        let rehire = matches!(
+            &fields.action,
+            Some(Ok(a)) if a.trim().eq_ignore_ascii_case("rehire")
+        );
         match build_record(fields) {
-            Err(reason) => self.rejected(position, raw_external_id, reason),
+            Err(reason) => self.rejected(position, raw_external_id, reason, rehire),
             Ok(record) => {
                 let key = record.idempotency_key();
                 let Some(seen) = &mut self.seen else {
@@ -592,9 +622,12 @@ impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
                         self.summary.duplicates += 1;
                         Entry::Duplicate { position, key }
                     }
-                    Some(_) => {
-                        self.rejected(position, raw_external_id, RecordError::ConflictingDuplicate)
-                    }
+                    Some(_) => self.rejected(
+                        position,
+                        raw_external_id,
+                        RecordError::ConflictingDuplicate,
+                        rehire,
+                    ),
                 }
             }
         }
@@ -1152,9 +1185,11 @@ mod tests {
         assert_eq!(withdrawn.index, 4);
         assert_eq!(
             withdrawn.effective_at,
-            TerminationDate::parse("2026-03-05")
-                .unwrap()
-                .effective_at(tz, at)
+            Some(
+                TerminationDate::parse("2026-03-05")
+                    .unwrap()
+                    .effective_at(tz, at)
+            )
         );
         assert!(
             judge(6, &rec("E1", "2026-03-05", RecordAction::Terminate)).is_some(),
@@ -1176,6 +1211,47 @@ mod tests {
         assert_eq!(
             judge(0, &rec("E1", "2026-03-01", RecordAction::Rehire)),
             None
+        );
+
+        // A rejected rehire record withdraws every termination of the person.
+        let mut index = index.clone();
+        index.note_rejected(9, "E2");
+        index.note_rejected(10, "");
+        let late = rec("E2", "2026-04-01", RecordAction::Terminate);
+        let withdrawn = index
+            .withdrawing(
+                12,
+                &late,
+                late.termination_date.effective_at(tz, at),
+                tz,
+                at,
+            )
+            .expect("a rejected rehire withdraws");
+        assert_eq!((withdrawn.index, withdrawn.effective_at), (9, None));
+    }
+
+    /// The reader marks a rejected record that says `"action": "rehire"`.
+    #[test]
+    fn a_rejected_rehire_record_is_marked() {
+        let input = "{\"externalId\":\"P3\",\"terminationDate\":\"11/05/2026\",\"action\":\"rehire\"}\n{\"externalId\":\"P4\",\"terminationDate\":\"11/05/2026\"}\n";
+        let (_, entries) = collect(input, None).unwrap();
+        let marks: Vec<(Option<String>, bool)> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Rejected {
+                    external_id,
+                    rehire,
+                    ..
+                } => Some((external_id.clone(), *rehire)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            marks,
+            [
+                (Some("P3".to_owned()), true),
+                (Some("P4".to_owned()), false)
+            ]
         );
     }
 

@@ -921,3 +921,33 @@ async fn a_due_termination_with_a_later_rehire_in_the_file_is_never_deactivated(
         store.close().await;
     }
 }
+
+/// A rehire record the reader rejects (an ambiguous date, a missing date) still
+/// says HR meant to rehire the person: the file's terminations of them are
+/// rescinded for review, not carried out; others proceed.
+#[tokio::test]
+async fn a_rejected_rehire_record_withdraws_the_persons_termination() {
+    let body = "externalId,terminationDate,action\nRJ03,2026-11-01,terminate\nRJ03,11/05/2026,rehire\nRJ07,2026-11-01,terminate\nRJ07,,rehire\nRJ08,2026-11-01,terminate\n";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (store, status, out) = sandbox_run(&dir, body, &["--format", "json"]).await;
+    assert!(status.success(), "{out}");
+    let summary: serde_json::Value = serde_json::from_str(&out).expect("summary JSON");
+    assert_eq!(
+        summary["tally"]["outcomes"],
+        serde_json::json!([["deactivated", 1], ["rescinded", 2]]),
+        "{out}"
+    );
+    assert_eq!(summary["manifest"]["summary"]["rejected"], 2, "{out}");
+    let rows = store.termination_rows(None, None).await.expect("rows");
+    for who in ["RJ03", "RJ07"] {
+        let row = rows
+            .iter()
+            .find(|r| {
+                r.entry.external_id.as_deref() == Some(who) && r.entry.outcome == Outcome::Rescinded
+            })
+            .unwrap_or_else(|| panic!("{who} not rescinded: {rows:?}"));
+        let why = row.entry.error_message.as_deref().unwrap_or_default();
+        assert!(why.contains("was rejected"), "{why}");
+    }
+    store.close().await;
+}
