@@ -99,7 +99,7 @@ pub enum DotenvProblem {
     /// (an unset one by nothing), silently changing the value, e.g. a protected
     /// `ADM$X` becoming `ADM`.
     #[error(
-        "the value contains `$` outside single quotes, which .env loaders replace with a variable (an unset one by nothing), silently changing it; variable substitution is not accepted: for a literal `$` put the whole value in single quotes (NAME='a$b')"
+        "the value contains `$` outside single quotes, which .env loaders replace with a variable (an unset one by nothing), silently changing it; substitution is not accepted"
     )]
     Substitution,
     /// Text right after a closing quote (`"a"b`), which dotenvy would silently
