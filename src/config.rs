@@ -36,7 +36,7 @@ pub enum ConfigError {
 pub const EXIT_CONFIG: u8 = 78;
 
 /// A `.env` file that exists but cannot be used. It never carries text from the
-/// file (a value may be a secret): only the path, the 1-based line number, the
+/// file (a value may be a secret): only the path, the 1-based line numbers, the
 /// variable's name when the line has a usable one, and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum DotenvError {
@@ -48,9 +48,9 @@ pub enum DotenvError {
         /// Why.
         source: std::io::Error,
     },
-    /// One line is not `NAME=value` as `.env` files write it.
+    /// One line is not `NAME=value` as this program accepts it.
     #[error(
-        "{path}, line {line}{}: {problem}; nothing from it was loaded, so no command runs (quote values that contain spaces, quotes, `$` or `#`: NAME=\"a b\" or NAME='a b')",
+        "{path}, line {line}{}: {problem}; nothing from it was loaded, so no command runs (quote values that contain spaces or `#`: NAME=\"a b\"; a literal `$` only in single quotes: NAME='a$b')",
         name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
     )]
     Line {
@@ -62,6 +62,20 @@ pub enum DotenvError {
         name: Option<String>,
         /// What is wrong, without the value.
         problem: DotenvProblem,
+    },
+    /// Two lines set the same variable: which one was meant cannot be known.
+    #[error(
+        "{path}, lines {first} and {second}: {name} is set twice; nothing from it was loaded, so no command runs (keep one of the two lines)"
+    )]
+    Duplicate {
+        /// The file.
+        path: PathBuf,
+        /// The variable.
+        name: String,
+        /// 1-based line of the first assignment.
+        first: usize,
+        /// 1-based line of the second assignment.
+        second: usize,
     },
 }
 
@@ -81,9 +95,23 @@ pub enum DotenvProblem {
         "a quote (' or \") is opened and not closed on this line (values spanning several lines are not accepted)"
     )]
     UnclosedQuote,
-    /// `${` without its `}`.
-    #[error("`${{` without a closing `}}`")]
-    UnclosedSubstitution,
+    /// A `$` outside single quotes: dotenvy would substitute a variable there
+    /// (an unset one by nothing), silently changing the value, e.g. a protected
+    /// `ADM$X` becoming `ADM`.
+    #[error(
+        "the value contains `$` outside single quotes, which .env loaders replace with a variable (an unset one by nothing), silently changing it; substitution is not accepted"
+    )]
+    Substitution,
+    /// Text right after a closing quote (`"a"b`), which dotenvy would silently
+    /// join to the quoted part.
+    #[error(
+        "text follows the closing quote; quote the whole value (a `#` comment after it needs a space before the `#`)"
+    )]
+    TextAfterQuote,
+    /// A quote inside an unquoted value (`a"b"`), which dotenvy would silently
+    /// drop.
+    #[error("a quote inside an unquoted value; quote the whole value instead")]
+    QuoteInValue,
     /// A backslash at the end of the line or before a character it cannot escape.
     #[error("a backslash escape that .env files do not know (or one at the end of the line)")]
     BadEscape,
@@ -96,17 +124,21 @@ pub enum DotenvProblem {
 }
 
 /// Loads `.env` from the working directory, if there is one, into the process
-/// environment so that clap's `env` fallbacks see it; variables already set win,
-/// and the first of two lines setting one variable wins. Call once, before
-/// parsing the command line and before any thread is started.
+/// environment so that clap's `env` fallbacks see it; variables already set
+/// win. Call once, before parsing the command line and before any thread is
+/// started.
 ///
 /// Fails closed: every line is checked before any is loaded, so a malformed line
 /// (e.g. `PROTECTED_GROUPS=Group 1`, unquoted) stops start-up instead of silently
-/// dropping the lines after it. A value spanning several lines is refused too,
-/// since an unclosed quote would otherwise swallow the following lines. A missing
-/// `.env` is the normal case in production (ECS injects variables): `Ok(None)`.
-/// Returns the path loaded. Errors: [`DotenvError`], naming the file and line.
-/// Syntax: dotenvy 0.15's (`export` prefix, `'…'`, `"…"`, `${VAR}`, `#` comments).
+/// dropping the lines after it. Refused as well, because dotenvy would load a
+/// value other than the one written: a `$` outside single quotes (variable
+/// substitution), text after a closing quote, a quote inside an unquoted value,
+/// a value spanning several lines, and a variable set on two lines
+/// ([`DotenvError::Duplicate`]). A missing `.env` is the normal case in
+/// production (ECS injects variables): `Ok(None)`. Returns the path loaded.
+/// Errors: [`DotenvError`], naming the file, line(s) and variable, never a value.
+/// Syntax: dotenvy 0.15's (`export` prefix, `'…'`, `"…"`, `#` comments) minus
+/// substitution.
 pub fn load_dotenv() -> Result<Option<PathBuf>, DotenvError> {
     let path = std::env::current_dir()
         .map(|d| d.join(".env"))
@@ -117,25 +149,26 @@ pub fn load_dotenv() -> Result<Option<PathBuf>, DotenvError> {
         Err(source) => return Err(DotenvError::Read { path, source }),
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    check_dotenv(text).map_err(|(line, name, problem)| DotenvError::Line {
-        path: path.clone(),
-        line,
-        name,
-        problem,
-    })?;
-    // Every line parsed on its own, so parsing the whole file cannot join lines
-    // and gives the same pairs; a failure here still loads nothing.
-    let pairs = dotenvy::from_read_iter(text.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| DotenvError::Line {
+    let pairs = parse_dotenv(text).map_err(|e| match e {
+        DotenvReject::Line(line, name, problem) => DotenvError::Line {
             path: path.clone(),
-            line: 0,
-            name: None,
-            problem: DotenvProblem::Unparseable,
-        })?;
-    let mut seen = std::collections::HashSet::new();
+            line,
+            name,
+            problem,
+        },
+        DotenvReject::Duplicate {
+            name,
+            first,
+            second,
+        } => DotenvError::Duplicate {
+            path: path.clone(),
+            name,
+            first,
+            second,
+        },
+    })?;
     for (key, value) in pairs {
-        if seen.insert(key.clone()) && std::env::var_os(&key).is_none() {
+        if std::env::var_os(&key).is_none() {
             // SAFETY: called from `main` before the runtime or any other thread
             // exists, so nothing reads the environment concurrently.
             unsafe { std::env::set_var(&key, value) };
@@ -144,20 +177,183 @@ pub fn load_dotenv() -> Result<Option<PathBuf>, DotenvError> {
     Ok(Some(path))
 }
 
-/// Checks each physical line of a `.env` text on its own with dotenvy's parser.
-/// Errors: the 1-based line number, the variable name if well-formed, the problem.
-fn check_dotenv(text: &str) -> Result<(), (usize, Option<String>, DotenvProblem)> {
+/// Why [`parse_dotenv`] refused a text (line numbers 1-based, never a value).
+#[derive(Debug, PartialEq, Eq)]
+enum DotenvReject {
+    /// One line: its number, the variable if its name is well-formed, the problem.
+    Line(usize, Option<String>, DotenvProblem),
+    /// A variable set on two lines.
+    Duplicate {
+        name: String,
+        first: usize,
+        second: usize,
+    },
+}
+
+/// Parses a `.env` text one physical line at a time with dotenvy's parser (so
+/// no quote can join lines), after refusing what dotenvy would silently alter
+/// (see [`load_dotenv`]). Returns the pairs in file order, each name once.
+fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, DotenvReject> {
+    let mut pairs = Vec::new();
+    let mut lines_of = std::collections::HashMap::<String, usize>::new();
     for (i, line) in text.split_inclusive('\n').enumerate() {
+        let number = i + 1;
         let body = line.trim_end_matches(['\n', '\r']);
-        // The newline matters: dotenvy's line reader treats trailing blanks before
-        // EOF as an unfinished line.
-        let alone = format!("{body}\n");
-        if dotenvy::from_read_iter(alone.as_bytes()).any(|item| item.is_err()) {
-            let (name, problem) = diagnose_dotenv_line(body);
-            return Err((i + 1, name, problem));
+        let Some((name, value)) = split_assignment(body) else {
+            // Blank or a comment, else dotenvy refuses it and diagnose says why.
+            if check_line(body).is_err() {
+                let (name, problem) = diagnose_dotenv_line(body);
+                return Err(DotenvReject::Line(number, name, problem));
+            }
+            continue;
+        };
+        // Before dotenvy: its substitution is what hides the damage (and a `$`
+        // before a closing quote makes it fail with a misleading message).
+        if has_substitution(value) {
+            return Err(DotenvReject::Line(
+                number,
+                Some(name.to_owned()),
+                DotenvProblem::Substitution,
+            ));
+        }
+        let parsed = match check_line(body) {
+            Ok(parsed) => parsed,
+            Err(()) => {
+                let (name, problem) = diagnose_dotenv_line(body);
+                return Err(DotenvReject::Line(number, name, problem));
+            }
+        };
+        if let Some(problem) = joined_value(value) {
+            return Err(DotenvReject::Line(number, Some(name.to_owned()), problem));
+        }
+        for (key, value) in parsed {
+            if let Some(&first) = lines_of.get(&key) {
+                return Err(DotenvReject::Duplicate {
+                    name: key,
+                    first,
+                    second: number,
+                });
+            }
+            lines_of.insert(key.clone(), number);
+            pairs.push((key, value));
         }
     }
-    Ok(())
+    Ok(pairs)
+}
+
+/// dotenvy's pairs for one line on its own, or `Err` if it refuses the line.
+fn check_line(body: &str) -> Result<Vec<(String, String)>, ()> {
+    // The newline matters: dotenvy's line reader treats trailing blanks before
+    // EOF as an unfinished line.
+    let alone = format!("{body}\n");
+    dotenvy::from_read_iter(alone.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ())
+}
+
+/// `(name, value)` of a line `[export ]NAME=value` whose name is well-formed,
+/// the value with leading blanks removed; `None` for anything else (blank,
+/// comment, malformed).
+fn split_assignment(line: &str) -> Option<(&str, &str)> {
+    let mut rest = line.trim_start();
+    if rest.is_empty() || rest.starts_with('#') {
+        return None;
+    }
+    if let Some(after) = rest.strip_prefix("export")
+        && after.starts_with(char::is_whitespace)
+    {
+        rest = after.trim_start();
+    }
+    let (key, value) = rest.split_once('=')?;
+    let key = key.trim_end();
+    well_formed_name(key).then_some((key, value.trim_start()))
+}
+
+/// A variable name as dotenvy accepts it: letters, digits, `_`, `.`; not
+/// starting with a digit.
+fn well_formed_name(key: &str) -> bool {
+    key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// True when dotenvy 0.15's `parse_value` would substitute a variable in
+/// `value`: an unescaped `$` outside single quotes, before the value ends (an
+/// unquoted blank ends it; what follows is a comment or a refused line).
+fn has_substitution(value: &str) -> bool {
+    let (mut strong, mut weak, mut escaped) = (false, false, false);
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+        } else if strong {
+            strong = c != '\'';
+        } else if c == '$' {
+            return true;
+        } else if weak {
+            match c {
+                '"' => weak = false,
+                '\\' => escaped = true,
+                _ => {}
+            }
+        } else {
+            match c {
+                '\'' => strong = true,
+                '"' => weak = true,
+                '\\' => escaped = true,
+                ' ' | '\t' => return false,
+                _ => {}
+            }
+        }
+    }
+    false
+}
+
+/// For a value dotenvy accepted: the problem when it is not one quoted or one
+/// unquoted piece, since dotenvy joins `"a"b` into `ab` and drops the quotes of
+/// `a"b"`.
+fn joined_value(value: &str) -> Option<DotenvProblem> {
+    let mut chars = value.char_indices();
+    let after_quote = match chars.next() {
+        None | Some((_, '#')) => return None,
+        Some((_, quote @ ('\'' | '"'))) => {
+            let mut escaped = false;
+            let mut end = None;
+            for (i, c) in chars {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && quote == '"' {
+                    escaped = true;
+                } else if c == quote {
+                    end = Some(i + c.len_utf8());
+                    break;
+                }
+            }
+            // dotenvy accepted the line, so the quote closes.
+            &value[end.unwrap_or(value.len())..]
+        }
+        Some(_) => {
+            let mut escaped = false;
+            for c in value.chars() {
+                if escaped {
+                    escaped = false;
+                } else {
+                    match c {
+                        '\\' => escaped = true,
+                        '\'' | '"' => return Some(DotenvProblem::QuoteInValue),
+                        ' ' | '\t' => return None,
+                        _ => {}
+                    }
+                }
+            }
+            return None;
+        }
+    };
+    if after_quote.is_empty() || after_quote.starts_with([' ', '\t']) {
+        None
+    } else {
+        Some(DotenvProblem::TextAfterQuote)
+    }
 }
 
 /// Why dotenvy refused `line`, and the variable it sets if its name is
@@ -173,21 +369,17 @@ fn diagnose_dotenv_line(line: &str) -> (Option<String>, DotenvProblem) {
         return (None, DotenvProblem::NotAssignment);
     };
     let key = key.trim_end();
-    let well_formed = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-    if !well_formed {
+    if !well_formed_name(key) {
         return (None, DotenvProblem::BadName);
     }
     (Some(key.to_owned()), diagnose_value(value.trim()))
 }
 
 /// Walks a value the way dotenvy 0.15 does (`parse_value`), reporting the first
-/// thing it would refuse.
+/// thing it would refuse. Substitution is refused before dotenvy runs, so a
+/// value reaching here has no `$` outside single quotes.
 fn diagnose_value(value: &str) -> DotenvProblem {
-    let (mut strong, mut weak, mut escaped, mut in_block, mut dollar) =
-        (false, false, false, false, false);
+    let (mut strong, mut weak, mut escaped) = (false, false, false);
     let mut ended = false;
     for c in value.chars() {
         if ended {
@@ -207,10 +399,6 @@ fn diagnose_value(value: &str) -> DotenvProblem {
             escaped = false;
         } else if strong {
             strong = c != '\'';
-        } else if in_block {
-            in_block = c != '}';
-        } else if dollar && c == '{' {
-            in_block = true;
         } else if weak {
             match c {
                 '"' => weak = false,
@@ -226,11 +414,8 @@ fn diagnose_value(value: &str) -> DotenvProblem {
                 _ => {}
             }
         }
-        dollar = c == '$' && !strong;
     }
-    if in_block {
-        DotenvProblem::UnclosedSubstitution
-    } else if strong || weak {
+    if strong || weak {
         DotenvProblem::UnclosedQuote
     } else if escaped {
         DotenvProblem::BadEscape
@@ -280,8 +465,9 @@ pub struct ScimArgs {
     /// Also remove the user's roles in the deactivating PATCH.
     #[arg(long, env = "REMOVE_ROLES", default_value_t = false)]
     pub remove_roles: bool,
-    /// Per-request timeout, seconds.
-    #[arg(long, env = "SCIM_TIMEOUT_SECS", default_value_t = 30)]
+    /// Per-request timeout, seconds; at least 1 (0 is refused: every request
+    /// would time out).
+    #[arg(long, env = "SCIM_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub scim_timeout_secs: u64,
 }
 
@@ -310,8 +496,9 @@ pub struct PolicyArgs {
     /// Which moment of a date-only termination day takes effect.
     #[arg(long, env = "TERMINATION_EFFECTIVE_AT", value_enum, default_value_t = EffectiveAt::StartOfDay)]
     pub termination_effective_at: EffectiveAt,
-    /// Concurrent terminations in flight.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    /// Concurrent terminations in flight; at least 1 (0 is refused: nothing
+    /// would ever start).
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub concurrency: usize,
     /// Refuse (as `invalid`) terminations effective more than this many days
     /// ahead, at dispatch and in the consumer.
@@ -323,8 +510,9 @@ pub struct PolicyArgs {
 /// the audit database are re-sent to the terminations queue when due).
 #[derive(Debug, Clone, clap::Args)]
 pub struct HoldArgs {
-    /// Seconds between release rounds.
-    #[arg(long, env = "HOLD_RELEASE_INTERVAL_SECS", default_value_t = 30)]
+    /// Seconds between release rounds; at least 1 (0 is refused: a busy loop
+    /// against the audit database).
+    #[arg(long, env = "HOLD_RELEASE_INTERVAL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub hold_release_interval_secs: u64,
 }
 
@@ -370,16 +558,20 @@ pub struct HealthArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConsumerArgs {
     /// Seconds started terminations may take to finish after SIGTERM; keep it
-    /// below the ECS task's stopTimeout (30 s by default).
-    #[arg(long, env = "DRAIN_DEADLINE_SECS", default_value_t = 25)]
+    /// below the ECS task's stopTimeout (30 s by default). At least 1 (0 is
+    /// refused: it would abandon every termination in progress at SIGTERM).
+    #[arg(long, env = "DRAIN_DEADLINE_SECS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
     pub drain_deadline_secs: u64,
     /// Seconds one termination attempt may take (retries of 429/5xx included)
-    /// before it is returned to the queue as `retrying`.
-    #[arg(long, env = "ATTEMPT_TIMEOUT_SECS", default_value_t = 60)]
+    /// before it is returned to the queue as `retrying`. At least 1 (0 is
+    /// refused: no attempt could ever finish).
+    #[arg(long, env = "ATTEMPT_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub attempt_timeout_secs: u64,
     /// First redelivery delay after a transient failure, seconds; doubles per
-    /// receive, jittered, at most 15 minutes.
-    #[arg(long, env = "RETRY_BASE_SECS", default_value_t = 5)]
+    /// receive, jittered, at most 15 minutes. At least 1 (0 is refused: a
+    /// throttled or failing termination would be retried at once, forever
+    /// doubling zero).
+    #[arg(long, env = "RETRY_BASE_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_base_secs: u64,
 }
 
@@ -498,7 +690,8 @@ impl SigningArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BreakerArgs {
     /// A manifest with more distinct valid terminations than this is held whole
-    /// until approved.
+    /// until approved; 0 holds every manifest with at least one termination
+    /// (every dispatch then needs `deprovision approve`).
     #[arg(long, env = "MAX_TERMINATIONS_PER_MANIFEST", default_value_t = 500)]
     pub max_terminations_per_manifest: u64,
     /// A manifest terminating more than this share (0..=1) of the org's active
@@ -638,6 +831,25 @@ pub fn login_base_for_api(api: &Url) -> Url {
     login
 }
 
+/// A setting's value, trimmed, or `None` when unset or blank: `NAME=` in `.env`
+/// or the environment means "not set", never an empty client id.
+fn set(value: &Option<String>) -> Option<String> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// A secret setting, or `None` when unset or blank (never trimmed: a secret is
+/// used exactly as given).
+fn set_secret(value: &Option<SecretString>) -> Option<SecretString> {
+    use secrecy::ExposeSecret;
+    value
+        .clone()
+        .filter(|v| !v.expose_secret().trim().is_empty())
+}
+
 /// `url` when it is `http` or `https`; anything else (e.g. `ftp://`) is refused
 /// at start-up naming the variable, rather than failing every request later.
 fn http_url(name: &'static str, url: &Url) -> Result<Url, ConfigError> {
@@ -655,7 +867,7 @@ impl ScimArgs {
     /// `SCIM_BASE_URL` is set. Errors name the missing or invalid variable.
     pub fn target(&self) -> Result<ScimTarget, ConfigError> {
         if let Some(base) = &self.scim_base_url {
-            let token = self.scim_bearer_token.clone().ok_or(ConfigError::Missing {
+            let token = set_secret(&self.scim_bearer_token).ok_or(ConfigError::Missing {
                 name: "SCIM_BEARER_TOKEN",
                 why: "SCIM_BASE_URL is set",
             })?;
@@ -673,8 +885,8 @@ impl ScimArgs {
         ) {
             (Some(url), _, _) => http_url("GENESYS_API_URL", url)?,
             (None, Some(url), _) => http_url("GENESYS_ORG_URL", url)?,
-            (None, None, Some(region)) => api_base_for_region(region)?,
-            (None, None, None) => {
+            (None, None, Some(region)) if !region.trim().is_empty() => api_base_for_region(region)?,
+            (None, None, _) => {
                 return Err(ConfigError::Missing {
                     name: "GENESYS_REGION",
                     why: "set GENESYS_REGION (or GENESYS_API_URL), or SCIM_BASE_URL with SCIM_BEARER_TOKEN",
@@ -685,11 +897,11 @@ impl ScimArgs {
             Some(url) => http_url("GENESYS_LOGIN_URL", url)?,
             None => login_base_for_api(&api_base),
         };
-        let primary = match (&self.primary_client_id, &self.primary_client_secret) {
-            (Some(id), Some(secret)) => OAuthClient {
-                id: id.clone(),
-                secret: secret.clone(),
-            },
+        let primary = match (
+            set(&self.primary_client_id),
+            set_secret(&self.primary_client_secret),
+        ) {
+            (Some(id), Some(secret)) => OAuthClient { id, secret },
             (None, _) => {
                 return Err(ConfigError::Missing {
                     name: "PRIMARY_CLIENT_ID",
@@ -703,11 +915,11 @@ impl ScimArgs {
                 });
             }
         };
-        let elevated = match (&self.elevated_client_id, &self.elevated_client_secret) {
-            (Some(id), Some(secret)) => Some(OAuthClient {
-                id: id.clone(),
-                secret: secret.clone(),
-            }),
+        let elevated = match (
+            set(&self.elevated_client_id),
+            set_secret(&self.elevated_client_secret),
+        ) {
+            (Some(id), Some(secret)) => Some(OAuthClient { id, secret }),
             (None, None) => None,
             (Some(_), None) => {
                 return Err(ConfigError::Missing {
@@ -751,11 +963,7 @@ mod tests {
             ),
             ("NOTE=it's fine", Some("NOTE"), DotenvProblem::UnclosedQuote),
             ("KEY=va\"lue", Some("KEY"), DotenvProblem::UnclosedQuote),
-            (
-                "FOO=${BAR",
-                Some("FOO"),
-                DotenvProblem::UnclosedSubstitution,
-            ),
+            ("FOO=${BAR", Some("FOO"), DotenvProblem::Substitution),
             ("this is not valid", None, DotenvProblem::NotAssignment),
             (
                 "export SECRET=a\\q",
@@ -763,23 +971,87 @@ mod tests {
                 DotenvProblem::BadEscape,
             ),
             ("9LIVES=x", None, DotenvProblem::BadName),
+            // The tester's `$` shapes: unquoted, double-quoted, before the
+            // closing quote, a default, a `$` alone.
+            (
+                "PROTECTED_USERS=\"ADM$X,OTHER\"",
+                Some("PROTECTED_USERS"),
+                DotenvProblem::Substitution,
+            ),
+            (
+                "DATABASE_URL=\"sqlite://pa$sword.db\"",
+                Some("DATABASE_URL"),
+                DotenvProblem::Substitution,
+            ),
+            ("P=\"ADM$X\"", Some("P"), DotenvProblem::Substitution),
+            ("P=ADM$X", Some("P"), DotenvProblem::Substitution),
+            ("P=\"a${NOPE:-x}b\"", Some("P"), DotenvProblem::Substitution),
+            ("P=cost$", Some("P"), DotenvProblem::Substitution),
+            ("P='a'$X", Some("P"), DotenvProblem::Substitution),
+            (
+                "S=\"s3cr3t\"value",
+                Some("S"),
+                DotenvProblem::TextAfterQuote,
+            ),
+            ("S='it''s'", Some("S"), DotenvProblem::TextAfterQuote),
+            ("S=\"a\"#b", Some("S"), DotenvProblem::TextAfterQuote),
+            ("S=a\"b\"", Some("S"), DotenvProblem::QuoteInValue),
         ];
         for (bad, name, problem) in cases {
             let text = format!("# comment\nA=1\r\n{bad}\nPROTECTED_USERS=EMP1\n");
-            let (line, got_name, got) = check_dotenv(&text).unwrap_err();
+            let got = parse_dotenv(&text).unwrap_err();
             assert_eq!(
-                (line, got_name.as_deref(), got),
-                (3, name, problem),
+                got,
+                DotenvReject::Line(3, name.map(str::to_owned), problem),
                 "{bad}"
             );
         }
     }
 
     #[test]
-    fn well_formed_env_lines_pass_including_quoted_spaces_and_trailing_blanks() {
-        let text =
-            "A=1\nexport B=\"Group 1\"\nC='it''s'\nD=x # note\nE=\nF=${A}  \n\n  # c\nG=\"a\\\"b\"";
-        assert_eq!(check_dotenv(text), Ok(()));
+    fn well_formed_env_lines_pass_including_quoted_spaces_literal_dollars_and_trailing_blanks() {
+        let text = "A=1\nexport B=\"Group 1\"\nC='ADM$X,OTHER'\nD=x # note $HOME\nE=\nF='${A}'  \n\n  # c $X\nG=\"a\\\"b\"\nH=\"pa\\$sword\"\nI=\"x\" # done\nJ=a#b";
+        let pairs = parse_dotenv(text).unwrap();
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("B"), Some("Group 1"));
+        assert_eq!(get("C"), Some("ADM$X,OTHER"));
+        assert_eq!(get("D"), Some("x"));
+        assert_eq!(get("E"), Some(""));
+        assert_eq!(get("F"), Some("${A}"));
+        assert_eq!(get("G"), Some("a\"b"));
+        assert_eq!(get("H"), Some("pa$sword"));
+        assert_eq!(get("I"), Some("x"));
+        assert_eq!(get("J"), Some("a#b"));
+        assert_eq!(pairs.len(), 10);
+    }
+
+    #[test]
+    fn a_variable_set_twice_is_refused_naming_both_lines() {
+        let text = "A=1\nPROTECTED_USERS=ADM1\n# c\nexport PROTECTED_USERS=ADM2\n";
+        assert_eq!(
+            parse_dotenv(text).unwrap_err(),
+            DotenvReject::Duplicate {
+                name: "PROTECTED_USERS".into(),
+                first: 2,
+                second: 4
+            }
+        );
+        let e = DotenvError::Duplicate {
+            path: PathBuf::from("/tmp/x/.env"),
+            name: "PROTECTED_USERS".into(),
+            first: 2,
+            second: 4,
+        }
+        .to_string();
+        assert!(
+            e.contains("/tmp/x/.env, lines 2 and 4: PROTECTED_USERS is set twice"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `deprovision` binary: loads `.env`, parses the command line, starts
-//! telemetry, runs one command and maps its result to an exit code. Everything
-//! else lives in the library.
+//! telemetry, runs one command and maps its result to an exit code (README,
+//! "Exit status"; the classification is [`cli::exit_code`]). Everything else
+//! lives in the library.
 
 mod cli;
 
@@ -39,15 +40,7 @@ fn main() -> ExitCode {
             // secrets (secret types redact themselves).
             tracing::error!(error = format!("{e:#}"), "command failed");
             eprintln!("error: {e:#}");
-            // A setting that cannot be used (named in the message) is not a
-            // failed run: a scheduler or operator fixes the configuration.
-            if e.chain()
-                .any(|c| c.is::<deprovision::config::ConfigError>())
-            {
-                ExitCode::from(deprovision::config::EXIT_CONFIG)
-            } else {
-                ExitCode::FAILURE
-            }
+            cli::exit_code(&e)
         }
     }
 }

@@ -3,8 +3,9 @@
 //! mass-deactivation breaker held. Approve dispatches the same object version
 //! (refused if its content hash changed) onto the terminations queue, signed like
 //! any dispatch; reject discards it. Both are audited with who ran them. Prints
-//! the result as JSON; a refusal (unknown id, already decided, changed content)
-//! is an error (exit 1) with the reason.
+//! the result as JSON. A `MANIFEST_ID` that is not 16 hex digits is refused by
+//! the command line (exit 64) before anything is opened; a refusal (unknown id,
+//! already decided, changed content) is an error (exit 1) with the reason.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use deprovision::queue::sqs::load_aws_config;
 #[derive(Debug, clap::Args)]
 pub struct ApproveArgs {
     /// The held manifest's id (16 hex digits, from the held log line or audit row).
+    #[arg(value_parser = parse_manifest_id)]
     pub manifest_id: String,
     /// Who approves (`--by`; recorded in the audit).
     #[command(flatten)]
@@ -39,6 +41,7 @@ pub struct ApproveArgs {
 #[derive(Debug, clap::Args)]
 pub struct RejectArgs {
     /// The held manifest's id (16 hex digits).
+    #[arg(value_parser = parse_manifest_id)]
     pub manifest_id: String,
     /// Who rejects (`--by`; recorded in the audit).
     #[command(flatten)]
@@ -47,9 +50,23 @@ pub struct RejectArgs {
     pub audit: AuditArgs,
 }
 
+/// `MANIFEST_ID`, trimmed and lowercased. Errors: not 16 hex digits
+/// ([`breaker::is_manifest_id`]), refused by clap as a usage error (exit 64).
+fn parse_manifest_id(raw: &str) -> Result<String, String> {
+    let id = raw.trim().to_ascii_lowercase();
+    if breaker::is_manifest_id(&id) {
+        Ok(id)
+    } else {
+        Err(
+            "not a MANIFEST_ID: 16 hex digits, as shown in the held log line and audit row"
+                .to_owned(),
+        )
+    }
+}
+
 /// Approves and dispatches a held manifest.
 pub async fn approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
-    let id = args.manifest_id.trim().to_ascii_lowercase();
+    let id = args.manifest_id;
     let signing = args.signing.auth(false)?;
     let store = AuditStore::open(&args.audit).await.context("audit store")?;
     let aws = load_aws_config().await;
@@ -89,7 +106,7 @@ pub async fn approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
 
 /// Rejects a held manifest.
 pub async fn reject(args: RejectArgs) -> anyhow::Result<ExitCode> {
-    let id = args.manifest_id.trim().to_ascii_lowercase();
+    let id = args.manifest_id;
     let store = AuditStore::open(&args.audit).await.context("audit store")?;
     let result = breaker::reject(&store, &id, &args.actor.or("operator")).await;
     store.close().await;

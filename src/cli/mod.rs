@@ -79,6 +79,97 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A flag value that is well-formed on its own but unusable with the others
+/// (e.g. `--from` after `--to`), found after parsing: exits [`EXIT_USAGE`].
+/// The message names the flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// How a failed command ends: [`EXIT_USAGE`] when a flag value cannot be used,
+/// `EX_CONFIG` ([`deprovision::config::EXIT_CONFIG`]) when a setting cannot be
+/// used (missing or invalid variable, unsupported `DATABASE_URL`, an unusable
+/// SCIM URL, a `PROTECTED_GROUPS` entry naming no group), else 1: a start-up
+/// failure that is not configuration (a login refused, a database that cannot
+/// be reached) and every failed run.
+///
+/// Looks through the whole `anyhow` chain and into the library's transparent
+/// wrappers (`EngineError`, `ReportError::Audit`, `BreakerError::Audit`), whose
+/// `source()` skips the error they wrap.
+pub fn exit_code(e: &anyhow::Error) -> ExitCode {
+    let kinds = e.chain().filter_map(classify).collect::<Vec<_>>();
+    if kinds.contains(&Failure::Usage) {
+        ExitCode::from(EXIT_USAGE)
+    } else if kinds.contains(&Failure::Config) {
+        ExitCode::from(deprovision::config::EXIT_CONFIG)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// A failure that is not a failed run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// A flag value ([`EXIT_USAGE`]).
+    Usage,
+    /// A setting (`EX_CONFIG`).
+    Config,
+}
+
+/// The kind of one error of a chain, when it is a usage or configuration one.
+fn classify(e: &(dyn std::error::Error + 'static)) -> Option<Failure> {
+    use deprovision::audit::AuditError;
+    use deprovision::breaker::BreakerError;
+    use deprovision::config::ConfigError;
+    use deprovision::engine::EngineError;
+    use deprovision::report::ReportError;
+    use deprovision::scim::ScimError;
+
+    if e.is::<UsageError>() {
+        return Some(Failure::Usage);
+    }
+    if e.is::<ConfigError>() {
+        return Some(Failure::Config);
+    }
+    if let Some(e) = e.downcast_ref::<EngineError>() {
+        return match e {
+            EngineError::Config(_) => Some(Failure::Config),
+            EngineError::Scim(s) => classify(s.as_ref()),
+        };
+    }
+    if let Some(ScimError::Config(_)) = e.downcast_ref::<ScimError>() {
+        return Some(Failure::Config);
+    }
+    if let Some(e) = e.downcast_ref::<AuditError>() {
+        return match e {
+            AuditError::UnsupportedScheme { .. } => Some(Failure::Config),
+            // The URL itself cannot be parsed (not: the server cannot be reached).
+            AuditError::Connect {
+                source: sqlx::Error::Configuration(_),
+                ..
+            } => Some(Failure::Config),
+            _ => None,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<ReportError>() {
+        return match e {
+            ReportError::EmptyRange { .. } | ReportError::ChartFormat { .. } => {
+                Some(Failure::Usage)
+            }
+            ReportError::Audit(a) => classify(a),
+            _ => None,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<BreakerError>() {
+        return match e {
+            BreakerError::InvalidId(_) => Some(Failure::Usage),
+            BreakerError::Audit(a) => classify(a),
+            _ => None,
+        };
+    }
+    None
+}
+
 /// Exit status of a command line that cannot be used (an unknown flag, a bad
 /// value, a blank `--by`, whether given as a flag or through its environment
 /// variable): 64, `EX_USAGE` of BSD `sysexits.h`. Exit 2 stays reserved for a

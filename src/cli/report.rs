@@ -170,6 +170,15 @@ async fn weekly(args: WeeklyArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn evidence(args: EvidenceArgs) -> anyhow::Result<ExitCode> {
+    // Refused before the database is opened: a flag value, not a failed report.
+    if let (Some(from), Some(to)) = (args.from, args.to)
+        && from > to
+    {
+        return Err(super::UsageError(format!(
+            "--from {from} is after --to {to}; give --from on or before --to"
+        ))
+        .into());
+    }
     let store = connect(&args.audit).await?;
     let rows = report::evidence(&store, args.from, args.to)
         .await

@@ -7,6 +7,7 @@ mod claims;
 mod dotenv_file;
 mod dry_run;
 mod engine;
+mod exit_codes;
 mod holds;
 mod manifest;
 mod operator_rails;
