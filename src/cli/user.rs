@@ -49,8 +49,9 @@ pub struct UserArgs {
     /// How to print the result.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Give up (outcome `retrying`) after this many seconds of retries.
-    #[arg(long, default_value_t = 120)]
+    /// Give up (outcome `retrying`) after this many seconds of retries (at
+    /// least 1).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub deadline_secs: u64,
     #[command(flatten)]
     pub actor: ActorArgs,
@@ -110,7 +111,7 @@ pub async fn run(args: UserArgs) -> anyhow::Result<ExitCode> {
     let store = AuditStore::open(&args.audit)
         .await
         .context("opening the audit store (DATABASE_URL)")?;
-    let within = Duration::from_secs(args.deadline_secs.max(1));
+    let within = Duration::from_secs(args.deadline_secs);
     let claim = if args.dry_run {
         None
     } else {
