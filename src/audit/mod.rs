@@ -884,6 +884,53 @@ fn stored_row(c: chain::RowContent, row_hash: String) -> Result<StoredRow, Audit
 mod tests {
     use super::*;
 
+    fn bare(action: &str, external_id: Option<&str>, user_id: Option<&str>) -> AuditEntry {
+        AuditEntry {
+            external_id: external_id.map(str::to_owned),
+            user_id: user_id.map(str::to_owned),
+            action: action.to_owned(),
+            status_code: None,
+            success: false,
+            error_message: None,
+            outcome: Outcome::Invalid,
+            credential: None,
+            groups_removed: Vec::new(),
+            attempt: 1,
+            sqs_message_id: None,
+            manifest: None,
+            effective_at: None,
+            correlation_ids: Vec::new(),
+            duration_ms: None,
+            idempotency_key: None,
+            actor: None,
+        }
+    }
+
+    #[test]
+    fn a_user_id_alone_keys_a_termination_and_a_rejected_message_is_none() {
+        let lookup = |e: &AuditEntry| match first_row_lookup(e) {
+            None => "none".to_owned(),
+            Some(FirstRowLookup::Key(k)) => format!("key {k}"),
+            Some(FirstRowLookup::ExternalId(x)) => format!("externalId {x}"),
+            Some(FirstRowLookup::UserId(u)) => format!("userId {u}"),
+        };
+        assert_eq!(
+            lookup(&bare("deactivate", None, Some("u-31"))),
+            "userId u-31"
+        );
+        assert_eq!(
+            lookup(&bare("deactivate", Some("E1"), Some("u-31"))),
+            "externalId E1"
+        );
+        assert_eq!(lookup(&bare("deactivate", None, Some(""))), "none");
+        assert_eq!(lookup(&bare("deactivate", None, None)), "none");
+        assert_eq!(
+            lookup(&bare(REJECT_MESSAGE_ACTION, Some("E1"), Some("u-31"))),
+            "none"
+        );
+        assert!(termination_row!().contains("user_id IS NOT NULL"));
+    }
+
     #[test]
     fn sql_terminal_list_matches_the_domain() {
         let sql = terminal_outcome!();
