@@ -360,8 +360,15 @@ fn termination_span(message: &ReceivedMessage) -> tracing::Span {
     )
 }
 
-/// Closes a termination's span: its outcome counted, its one final log line.
-fn finish(span: &tracing::Span, message: &ReceivedMessage, step: &Step) {
+/// Closes a termination's span: its outcome counted (or, when `rejected`
+/// gives a reason code, the message counted as rejected, not as a
+/// termination), its one final log line.
+fn finish(
+    span: &tracing::Span,
+    message: &ReceivedMessage,
+    step: &Step,
+    rejected: Option<&'static str>,
+) {
     let decoded = TerminationMessage::decode(&message.body).ok();
     let external_id = decoded
         .as_ref()
@@ -376,6 +383,7 @@ fn finish(span: &tracing::Span, message: &ReceivedMessage, step: &Step) {
             external_id: external_id.as_deref(),
             idempotency_key: decoded.as_ref().map(|t| t.idempotency_key.as_str()),
             counted,
+            rejected,
             shown: match step {
                 Step::AlreadyDone(previous) => Some(*previous),
                 _ => counted,
@@ -703,7 +711,8 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Consumer<Q, E, A> {
         let step = self.shared.step(&message).instrument(span.clone()).await;
         lock(&self.shared.inflight).remove(&message.message_id);
         self.shared.tally.record(&step);
-        finish(&span, &message, &step);
+        let rejected = self.shared.rejected_reason(&message);
+        finish(&span, &message, &step, rejected);
         step
     }
 
@@ -760,6 +769,18 @@ fn raw_external_id(body: &str) -> Option<String> {
 }
 
 impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
+    /// `Some("bad_signature")` when `message` fails signature verification (the
+    /// check `step` starts with; HMAC over a small body, so repeating it is cheaper
+    /// than threading a flag through every step): such a message is counted in
+    /// `deprovision_messages_rejected_total`, not as a termination.
+    fn rejected_reason(&self, message: &ReceivedMessage) -> Option<&'static str> {
+        self.options
+            .signing
+            .verify(&message.body, &message.attributes)
+            .is_err()
+            .then_some(crate::signing::BAD_SIGNATURE)
+    }
+
     /// One message, in its worker task: the step, with the visibility extended
     /// while it runs.
     async fn work(self: Arc<Self>, message: ReceivedMessage, permit: OwnedSemaphorePermit) {
@@ -775,7 +796,8 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
         .await;
         lock(&self.inflight).remove(&message.message_id);
         self.tally.record(&step);
-        finish(&span, &message, &step);
+        let rejected = self.rejected_reason(&message);
+        finish(&span, &message, &step, rejected);
         drop(permit);
     }
 
@@ -823,9 +845,19 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
             .verify(&message.body, &message.attributes)
         {
             tracing::error!(error = %e, "termination message failed signature verification; dead-lettering without acting");
+            // Evidence of the attempt, but not a termination: the action
+            // `reject_message` keeps the row out of the reports (it is in
+            // NON_TERMINATION_ACTIONS, so it gets no termination id), and the
+            // externalId the unverified body claims goes into `error_message`
+            // (escaped, truncated), not `external_id`: that column holds only
+            // identifiers HR signed, so a forger cannot plant rows under a real
+            // employee's externalId in the seed's `WHERE external_id = …` lookups.
             let mut entry = self.entry(message, None, Outcome::Invalid, started);
-            entry.external_id = raw_external_id(&message.body).map(|e| truncate(e.trim(), 256));
-            entry.error_message = Some(e.to_string());
+            entry.action = crate::audit::REJECT_MESSAGE_ACTION.into();
+            let claimed = raw_external_id(&message.body)
+                .map(|c| format!("{:?}", truncate(c.trim(), 256)))
+                .unwrap_or_else(|| "none".into());
+            entry.error_message = Some(format!("{e}; claimed externalId {claimed} (unverified)"));
             return self
                 .dead_letter_coded(
                     message,
@@ -2790,7 +2822,18 @@ mod tests {
                 .unwrap()
                 .contains("not signed")
         );
-        assert_eq!(rows[2].external_id.as_deref(), Some("E3"));
+        // Kept as evidence of the attempt, not as a termination: the claimed
+        // externalId is in the message, not in `external_id`.
+        assert_eq!(rows[2].action, crate::audit::REJECT_MESSAGE_ACTION);
+        assert_eq!(rows[2].external_id, None);
+        assert_eq!(rows[2].idempotency_key, None);
+        assert!(
+            rows[2]
+                .error_message
+                .as_deref()
+                .unwrap()
+                .contains("claimed externalId \"E3\" (unverified)")
+        );
     }
 
     #[tokio::test]

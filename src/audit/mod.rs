@@ -95,8 +95,19 @@ pub struct AuditEntry {
 
 /// Actions whose rows are not about one termination; reports skip them.
 /// A `rehire` row records a reversal, not a termination: it is not counted as one.
-pub const NON_TERMINATION_ACTIONS: [&str; 5] =
-    ["manifest", "replay", "approve", "reject", "rehire"];
+pub const NON_TERMINATION_ACTIONS: [&str; 6] = [
+    "manifest",
+    "replay",
+    "approve",
+    "reject",
+    "rehire",
+    REJECT_MESSAGE_ACTION,
+];
+
+/// The `action` of the row the consumer writes for a queue message it refused
+/// before trusting anything in it (a bad signature): evidence of the attempt,
+/// never a termination, so the weekly report and the evidence export skip it.
+pub const REJECT_MESSAGE_ACTION: &str = "reject_message";
 
 /// Why the audit store failed. Messages name the row, termination or URL involved
 /// (URLs without their password) and never carry secrets.
@@ -387,6 +398,10 @@ pub(crate) enum FirstRowLookup {
     Key(String),
     /// Rows without a key: by externalId among rows without a key.
     ExternalId(String),
+    /// Rows with neither a key nor an externalId (e.g. `deprovision user
+    /// --user-id`): by Genesys userId among rows with neither, so a deactivation
+    /// identified by userId only is a termination in the reports too.
+    UserId(String),
 }
 
 pub(crate) fn first_row_lookup(entry: &AuditEntry) -> Option<FirstRowLookup> {
@@ -396,7 +411,11 @@ pub(crate) fn first_row_lookup(entry: &AuditEntry) -> Option<FirstRowLookup> {
     match (&entry.idempotency_key, &entry.external_id) {
         (Some(k), _) => Some(FirstRowLookup::Key(k.as_str().to_owned())),
         (None, Some(e)) => Some(FirstRowLookup::ExternalId(chain::clean(e))),
-        (None, None) => None,
+        (None, None) => entry
+            .user_id
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .map(|u| FirstRowLookup::UserId(chain::clean(u))),
     }
 }
 
@@ -419,8 +438,8 @@ pub struct StoredRow {
 /// `concat!` can build `&'static str` queries (sqlx only accepts static SQL).
 macro_rules! termination_row {
     () => {
-        "action NOT IN ('manifest', 'replay', 'approve', 'reject', 'rehire') \
-         AND (idempotency_key IS NOT NULL OR external_id IS NOT NULL)"
+        "action NOT IN ('manifest', 'replay', 'approve', 'reject', 'rehire', 'reject_message') \
+         AND (idempotency_key IS NOT NULL OR external_id IS NOT NULL OR user_id IS NOT NULL)"
     };
 }
 macro_rules! terminal_outcome {
@@ -731,7 +750,8 @@ impl AuditStore {
     /// (ascending instants), the terminations first seen in it, considering only
     /// rows created at or before `as_of`, each under its reported outcome (latest
     /// terminal by id, else latest), with the SLA figures. A termination is every
-    /// row sharing an idempotency key, or (rows without one) an externalId;
+    /// row sharing an idempotency key, or (rows without one) an externalId, or
+    /// (rows with neither, e.g. `deprovision user --user-id`) a Genesys userId;
     /// manifest and operator rows are not terminations. PostgreSQL computes this in
     /// one query over its per-termination summary table (kept by a trigger);
     /// SQLite reduces the rows in SQL and buckets in Rust. Both give the same figures.
@@ -863,6 +883,53 @@ fn stored_row(c: chain::RowContent, row_hash: String) -> Result<StoredRow, Audit
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bare(action: &str, external_id: Option<&str>, user_id: Option<&str>) -> AuditEntry {
+        AuditEntry {
+            external_id: external_id.map(str::to_owned),
+            user_id: user_id.map(str::to_owned),
+            action: action.to_owned(),
+            status_code: None,
+            success: false,
+            error_message: None,
+            outcome: Outcome::Invalid,
+            credential: None,
+            groups_removed: Vec::new(),
+            attempt: 1,
+            sqs_message_id: None,
+            manifest: None,
+            effective_at: None,
+            correlation_ids: Vec::new(),
+            duration_ms: None,
+            idempotency_key: None,
+            actor: None,
+        }
+    }
+
+    #[test]
+    fn a_user_id_alone_keys_a_termination_and_a_rejected_message_is_none() {
+        let lookup = |e: &AuditEntry| match first_row_lookup(e) {
+            None => "none".to_owned(),
+            Some(FirstRowLookup::Key(k)) => format!("key {k}"),
+            Some(FirstRowLookup::ExternalId(x)) => format!("externalId {x}"),
+            Some(FirstRowLookup::UserId(u)) => format!("userId {u}"),
+        };
+        assert_eq!(
+            lookup(&bare("deactivate", None, Some("u-31"))),
+            "userId u-31"
+        );
+        assert_eq!(
+            lookup(&bare("deactivate", Some("E1"), Some("u-31"))),
+            "externalId E1"
+        );
+        assert_eq!(lookup(&bare("deactivate", None, Some(""))), "none");
+        assert_eq!(lookup(&bare("deactivate", None, None)), "none");
+        assert_eq!(
+            lookup(&bare(REJECT_MESSAGE_ACTION, Some("E1"), Some("u-31"))),
+            "none"
+        );
+        assert!(termination_row!().contains("user_id IS NOT NULL"));
+    }
 
     #[test]
     fn sql_terminal_list_matches_the_domain() {

@@ -211,6 +211,14 @@ impl PgStore {
                     .fetch_one(&mut *tx)
                     .await?
             }
+            Some(FirstRowLookup::UserId(u)) => {
+                sqlx::query_as(head_query!(
+                    "idempotency_key IS NULL AND external_id IS NULL AND user_id = $1"
+                ))
+                .bind(u)
+                .fetch_one(&mut *tx)
+                .await?
+            }
         };
         let prev = prev.unwrap_or_else(|| chain::GENESIS_HASH.to_owned());
         let stored_at = chain::to_stored_instant(created_at);

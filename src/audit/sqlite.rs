@@ -181,6 +181,17 @@ impl SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?
             }
+            Some(FirstRowLookup::UserId(u)) => {
+                sqlx::query_as(concat!(
+                    "SELECT termination_first_id, termination_first_at FROM scim_audit_log \
+                     WHERE idempotency_key IS NULL AND external_id IS NULL AND user_id = ?1 AND ",
+                    termination_row!(),
+                    " ORDER BY id LIMIT 1"
+                ))
+                .bind(u)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
         };
         let first = match first {
             None => None,

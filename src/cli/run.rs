@@ -738,8 +738,8 @@ fn render_text(s: &Summary, decisions: &[Decision]) -> String {
                 let _ = writeln!(
                     out,
                     "  {:<16} {:<38} {what}",
-                    d.external_id.as_deref().unwrap_or("-"),
-                    d.user_id.as_deref().unwrap_or("-"),
+                    id_cell(d.external_id.as_deref()),
+                    id_cell(d.user_id.as_deref()),
                 );
             }
             more_line(
@@ -755,7 +755,7 @@ fn render_text(s: &Summary, decisions: &[Decision]) -> String {
             let _ = writeln!(
                 out,
                 "  {:<16} {:<18} {}",
-                p.external_id.as_deref().unwrap_or("-"),
+                id_cell(p.external_id.as_deref()),
                 p.outcome.as_str(),
                 p.reason.as_deref().unwrap_or("")
             );
@@ -776,7 +776,7 @@ fn render_text(s: &Summary, decisions: &[Decision]) -> String {
                 "  record {} (line {})  {:<16} {}",
                 r.index,
                 r.line,
-                r.external_id.as_deref().unwrap_or("-"),
+                id_cell(r.external_id.as_deref()),
                 r.reason
             );
         }
@@ -814,6 +814,17 @@ fn render_text(s: &Summary, decisions: &[Decision]) -> String {
         );
     }
     out
+}
+
+/// An ID column of the summary table: `-` when absent, else the ID with control
+/// and bidi characters escaped (`deprovision::report::escape_control`), so an
+/// externalId from the manifest cannot move the cursor, recolour the terminal or
+/// break the table's lines.
+fn id_cell(id: Option<&str>) -> String {
+    id.map_or_else(
+        || "-".to_owned(),
+        |v| deprovision::report::escape_control(v).into_owned(),
+    )
 }
 
 /// "  … and N more (hint)" when `total` exceeds what the text lists.

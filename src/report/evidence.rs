@@ -15,7 +15,8 @@ use crate::domain::{Credential, Outcome};
 /// One termination as evidence.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvidenceRow {
-    /// HR's identifier.
+    /// HR's identifier; `None` for a termination identified by userId only
+    /// (`deprovision user --user-id`), which `user_id` then keys.
     #[serde(rename = "externalId")]
     pub external_id: Option<String>,
     /// The Genesys user id, as last resolved.
@@ -59,7 +60,13 @@ fn push_new(into: &mut Vec<String>, items: impl IntoIterator<Item = String>) {
 }
 
 /// The evidence of every termination first seen between `from` and `to`
-/// (inclusive UTC dates; `None` = unbounded), ordered by when first seen.
+/// (inclusive UTC dates; `None` = unbounded), ordered by when first seen, one
+/// row per termination. A termination is keyed by its idempotency key, else its
+/// externalId, else (a deactivation by `deprovision user --user-id` alone) its
+/// Genesys userId: every attempt for that userId without a key or externalId is
+/// one termination, shown with an empty externalId. Rows of messages rejected
+/// before they were trusted (`reject_message`) are not terminations and are
+/// not listed (they stay in the audit log).
 ///
 /// Errors: [`ReportError::EmptyRange`] when `from` > `to`; [`ReportError::Audit`].
 pub async fn evidence(

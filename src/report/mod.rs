@@ -7,8 +7,14 @@
 //!
 //! Both reports count terminations, not attempts. A termination is every
 //! termination row (not `manifest`/`replay`/`approve`/`reject`/`rehire`) sharing an
-//! idempotency key, or, for rows without one, an externalId. Its outcome is the
-//! latest terminal outcome recorded for it, else its latest outcome.
+//! idempotency key, or, for rows without one, an externalId, or, for rows with
+//! neither (`deprovision user --user-id`), the Genesys userId: such a termination
+//! is keyed by its userId, shows an empty externalId in the evidence and counts in
+//! the weekly report like any other. (Rows written before this rule carry no
+//! termination id and stay out of the reports; they are still in the log.) Its
+//! outcome is the latest terminal outcome recorded for it, else its latest outcome.
+//! Messages the consumer rejects (bad signature: action `reject_message`) are not
+//! terminations.
 
 mod chart;
 mod evidence;
@@ -19,7 +25,7 @@ mod weekly;
 pub use chart::{chart_svg, write_chart};
 pub use evidence::{EvidenceRow, evidence};
 pub use pending::{PendingReport, PendingRow, pending};
-pub use render::{evidence_csv, evidence_json};
+pub use render::{csv_safe_cell, escape_control, evidence_csv, evidence_json};
 pub use weekly::{WeekRow, WeeklyReport, weekly};
 
 use std::path::PathBuf;

@@ -108,7 +108,12 @@ impl PendingReport {
     /// An aligned table, headed by the count and zone; the key is left out
     /// (use CSV or JSON for it).
     pub fn to_table(&self) -> String {
-        let rows: Vec<[String; 7]> = self.holds.iter().map(Self::cells).collect();
+        // Control characters from the manifest never reach the terminal raw.
+        let rows: Vec<[String; 7]> = self
+            .holds
+            .iter()
+            .map(|h| Self::cells(h).map(|c| super::escape_control(&c).into_owned()))
+            .collect();
         let mut widths = [0usize; 6];
         for (i, h) in HEADERS.iter().take(6).enumerate() {
             widths[i] = h.chars().count();

@@ -1,5 +1,8 @@
 //! Renders the reports as text: an aligned table for people, CSV (RFC 4180, with a
 //! header row) and JSON for tools. Formatting only: no I/O, no store access.
+//! Text that came from outside never reaches a terminal or a spreadsheet raw:
+//! CSV cells are neutralised against formula injection and control characters
+//! are escaped ([`csv_safe_cell`], [`escape_control`]); JSON escapes them itself.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -54,8 +57,67 @@ fn week_cells(w: &WeekRow) -> Vec<String> {
     ]
 }
 
-/// RFC 4180 CSV with a header row (also used by `pending`). Errors:
-/// [`ReportError::Csv`].
+/// Whether `c` must not reach a terminal or a spreadsheet raw: C0/C1 controls
+/// and DEL (`char::is_control`: ESC sequences, newlines, tabs) and the Unicode
+/// bidirectional formatting characters (U+200E/F, U+202A–E, U+2066–9), which
+/// reorder what a reader sees ("Trojan Source", CVE-2021-42574).
+fn must_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` with every control or bidi formatting character written as a visible
+/// escape: `\n`, `\r`, `\t`, and `\u{1b}`-style for the others (Rust's
+/// `char::escape_default` notation); a backslash before such an escape stays as
+/// is, so the result is for reading, not for reversing. Borrowed when nothing
+/// needed escaping. For every text a report or summary prints that came from
+/// outside (externalIds, userIds, reasons, server messages).
+pub fn escape_control(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(must_escape) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if must_escape(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Whether `s` is a plain decimal number (`-1.5`, `42`), which a spreadsheet
+/// reads as a number, not a formula, and which must stay a number.
+fn is_plain_number(s: &str) -> bool {
+    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let mut parts = digits.splitn(2, '.');
+    let whole = parts.next().unwrap_or("");
+    let frac = parts.next();
+    !whole.is_empty()
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// One CSV cell made safe to open in a spreadsheet: a cell starting with `=`,
+/// `+`, `-`, `@`, TAB or CR (unless it is a plain number) is prefixed with `'`
+/// so it is shown as text, not evaluated as a formula (OWASP "CSV Injection");
+/// then control and bidi characters are escaped as [`escape_control`] does.
+/// Every CSV the reports write goes through this.
+pub fn csv_safe_cell(s: &str) -> String {
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']) && !is_plain_number(s);
+    let escaped = escape_control(s);
+    if formula {
+        format!("'{escaped}")
+    } else {
+        escaped.into_owned()
+    }
+}
+
+/// RFC 4180 CSV with a header row (also used by `pending`); every cell passes
+/// through [`csv_safe_cell`]. Errors: [`ReportError::Csv`].
 pub(super) fn csv_text<I, R>(headers: &[&str], rows: I) -> Result<String, ReportError>
 where
     I: IntoIterator<Item = R>,
@@ -64,7 +126,7 @@ where
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(headers)?;
     for row in rows {
-        w.write_record(row)?;
+        w.write_record(row.into_iter().map(|cell| csv_safe_cell(&cell)))?;
     }
     let bytes = w
         .into_inner()
@@ -234,4 +296,95 @@ pub fn evidence_csv(rows: &[EvidenceRow]) -> Result<String, ReportError> {
 /// trailing newline.
 pub fn evidence_json(rows: &[EvidenceRow]) -> Result<String, ReportError> {
     Ok(serde_json::to_string_pretty(rows)? + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Outcome;
+
+    #[test]
+    fn formulas_are_shown_as_text() {
+        for (raw, safe) in [
+            (
+                "=HYPERLINK(\"http://x\",\"y\")",
+                "'=HYPERLINK(\"http://x\",\"y\")",
+            ),
+            ("+1+2", "'+1+2"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1", "'\\t=1"),
+            ("\r=1", "'\\r=1"),
+            ("E123", "E123"),
+            ("a=b", "a=b"),
+            ("", ""),
+        ] {
+            assert_eq!(csv_safe_cell(raw), safe, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn plain_numbers_stay_numbers() {
+        for n in ["-1.50", "42", "+3", "0.25"] {
+            assert_eq!(csv_safe_cell(n), n);
+        }
+        for not in ["-", "-.5", "-1.", "-1e5", "+1+2"] {
+            assert!(csv_safe_cell(not).starts_with('\''), "{not}");
+        }
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_escaped() {
+        assert_eq!(escape_control("a\u{1b}[31mb"), "a\\u{1b}[31mb");
+        assert_eq!(escape_control("x\ny\u{7f}"), "x\\ny\\u{7f}");
+        assert_eq!(escape_control("\u{202e}abc"), "\\u{202e}abc");
+        assert_eq!(escape_control("\u{9b}2J"), "\\u{9b}2J");
+        assert!(matches!(
+            escape_control("plain café"),
+            std::borrow::Cow::Borrowed("plain café")
+        ));
+    }
+
+    fn row(external_id: &str, error: &str) -> EvidenceRow {
+        EvidenceRow {
+            external_id: Some(external_id.to_owned()),
+            user_id: Some("+1+2".to_owned()),
+            idempotency_key: None,
+            effective_at: None,
+            first_seen_at: DateTime::from_timestamp(0, 0).unwrap_or_default(),
+            confirmed_deactivated_at: None,
+            outcome: Outcome::Failed,
+            credential: None,
+            groups_removed: vec!["=cmd|'/c calc'!A1".to_owned(), "sales".to_owned()],
+            attempts: 1,
+            sqs_message_ids: Vec::new(),
+            manifest: None,
+            correlation_ids: Vec::new(),
+            error_message: Some(error.to_owned()),
+            audit_row_ids: vec![7],
+        }
+    }
+
+    #[test]
+    fn evidence_csv_has_no_raw_control_characters_or_live_formulas() {
+        let text = evidence_csv(&[row(
+            "=HYPERLINK(\"http://x\",\"y\")",
+            "bad\u{1b}]0;pwned\u{7}\nnext",
+        )])
+        .unwrap();
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        // One header line, one record line: the newline in the message is escaped.
+        assert_eq!(text.lines().count(), 2, "{text}");
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let record = reader.records().next().unwrap().unwrap();
+        assert_eq!(&record[0], "'=HYPERLINK(\"http://x\",\"y\")");
+        assert_eq!(&record[1], "'+1+2");
+        // A list cell starting with `=` is neutralised as a whole.
+        assert_eq!(&record[8], "'=cmd|'/c calc'!A1;sales");
+        assert_eq!(&record[16], "bad\\u{1b}]0;pwned\\u{7}\\nnext");
+        assert_eq!(&record[17], "7");
+    }
 }

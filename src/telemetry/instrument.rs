@@ -77,6 +77,10 @@ pub struct TerminationEnd<'a> {
     /// The outcome to count in `deprovision.terminations`; `None` when nothing
     /// new happened (a redelivery of finished work, a failed queue call).
     pub counted: Option<Outcome>,
+    /// `Some(reason code)` when the message was refused before it was trusted
+    /// (e.g. `bad_signature`): it is counted in `deprovision.messages.rejected`
+    /// under that reason instead of as a termination.
+    pub rejected: Option<&'static str>,
     /// The outcome to show (for a redelivery, the earlier one); `None` shows
     /// `none`.
     pub shown: Option<Outcome>,
@@ -90,12 +94,14 @@ pub struct TerminationEnd<'a> {
 }
 
 /// Closes a termination's span: records `outcome` (and `reason`) on it, counts
-/// the outcome, and writes the termination's one final log line, `termination
+/// the outcome (or, for a rejected message, the rejection), and writes the termination's one final log line, `termination
 /// finished`, inside the span (so a JSON line also carries the span's fields,
 /// the dead-letter reason among them).
 pub fn finish_termination(span: &tracing::Span, end: &TerminationEnd<'_>) {
-    if let Some(outcome) = end.counted {
-        metrics().record_outcome(outcome);
+    match (end.rejected, end.counted) {
+        (Some(reason), _) => metrics().record_message_rejected(reason),
+        (None, Some(outcome)) => metrics().record_outcome(outcome),
+        (None, None) => {}
     }
     let shown = end.shown.map_or("none", Outcome::as_str);
     span.record("outcome", shown);

@@ -7,6 +7,7 @@
 //! | instrument (OpenTelemetry) | Prometheus name | unit | labels |
 //! |---|---|---|---|
 //! | `deprovision.terminations` | `deprovision_terminations_total` | terminations | `outcome` |
+//! | `deprovision.messages.rejected` | `deprovision_messages_rejected_total` | messages | `reason` |
 //! | `deprovision.scim.request.duration` | `deprovision_scim_request_duration_seconds` | s | `method`, `resource`, `status` |
 //! | `deprovision.rate_limit.wait` | `deprovision_rate_limit_wait_seconds` | s | — |
 //! | `deprovision.scim.throttled` | `deprovision_scim_throttled_total` | responses | `credential` |
@@ -88,6 +89,7 @@ pub struct Metrics {
     provider: SdkMeterProvider,
     registry: prometheus::Registry,
     terminations: Counter<u64>,
+    messages_rejected: Counter<u64>,
     scim_request_duration: Histogram<f64>,
     rate_limit_wait: Histogram<f64>,
     scim_throttled: Counter<u64>,
@@ -141,6 +143,13 @@ impl Metrics {
                 .with_unit("{termination}")
                 .with_description("Terminations that reached an outcome, by outcome")
                 .build(),
+            messages_rejected: meter
+                .u64_counter("deprovision.messages.rejected")
+                .with_unit("{message}")
+                .with_description(
+                    "Queue messages refused before being trusted as terminations (e.g. bad_signature), by reason",
+                )
+                .build(),
             scim_request_duration: seconds(
                 "deprovision.scim.request.duration",
                 "Duration of SCIM HTTP requests, by method, resource and status",
@@ -175,6 +184,16 @@ impl Metrics {
     pub fn record_outcome(&self, outcome: Outcome) {
         self.terminations
             .add(1, &[KeyValue::new("outcome", outcome.as_str())]);
+    }
+
+    /// Counts one queue message refused before anything in it was trusted, by
+    /// `reason` (the dead-letter reason code, e.g. `bad_signature`). Such a
+    /// message is not a termination: an unsigned or forged body says nothing
+    /// reliable about anyone, so it is never counted in
+    /// `deprovision_terminations_total`.
+    pub fn record_message_rejected(&self, reason: &'static str) {
+        self.messages_rejected
+            .add(1, &[KeyValue::new("reason", reason)]);
     }
 
     /// Records one SCIM HTTP request: its method, the resource it addressed, the
@@ -320,6 +339,7 @@ mod tests {
         m.record_outcome(Outcome::Deactivated);
         m.record_outcome(Outcome::Deactivated);
         m.record_outcome(Outcome::NotFound);
+        m.record_message_rejected("bad_signature");
         m.record_scim_request(
             &reqwest::Method::PATCH,
             ScimResource::Users,
@@ -343,6 +363,8 @@ mod tests {
             "# TYPE deprovision_terminations_total counter",
             "deprovision_terminations_total{outcome=\"deactivated\"} 2",
             "deprovision_terminations_total{outcome=\"not_found\"} 1",
+            "# TYPE deprovision_messages_rejected_total counter",
+            "deprovision_messages_rejected_total{reason=\"bad_signature\"} 1",
             "# TYPE deprovision_scim_request_duration_seconds histogram",
             "deprovision_scim_request_duration_seconds_bucket{method=\"PATCH\",resource=\"users\",status=\"200\",le=\"0.05\"} 1",
             "deprovision_scim_request_duration_seconds_bucket{method=\"PATCH\",resource=\"users\",status=\"200\",le=\"0.025\"} 0",

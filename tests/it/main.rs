@@ -15,6 +15,7 @@ mod pipeline;
 mod rails;
 mod replay;
 mod report;
+mod report_integrity;
 mod sim;
 mod support;
 mod telemetry;
