@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     // Before clap reads its `env` fallbacks, and fail closed: a `.env` that cannot
     // be parsed whole would otherwise drop settings such as PROTECTED_USERS.
     if let Err(e) = deprovision::config::load_dotenv() {
-        eprintln!("error: {e}");
+        report(&e);
         return ExitCode::from(deprovision::config::EXIT_CONFIG);
     }
     let cli = match cli::Cli::try_parse() {
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            report(&format!("cannot start the async runtime: {e}"));
             return ExitCode::from(70);
         }
     };
@@ -39,8 +39,15 @@ fn main() -> ExitCode {
             // `{:#}` prints the whole context chain on one line; errors never carry
             // secrets (secret types redact themselves).
             tracing::error!(error = format!("{e:#}"), "command failed");
-            eprintln!("error: {e:#}");
+            report(&format!("{e:#}"));
             cli::exit_code(&e)
         }
     }
+}
+
+/// Prints `error: …` on standard error, ignoring a closed pipe (`eprintln!`
+/// would panic and turn the exit status into 101).
+fn report(e: &dyn std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "error: {e}");
 }

@@ -268,8 +268,10 @@ pub enum Entry {
         external_id: Option<String>,
         /// Why.
         reason: RecordError,
-        /// True when the record says `"action": "rehire"`: HR meant to rehire
-        /// this person, so the file's terminations of them are not acted on.
+        /// True when the record has an `action` other than a plain
+        /// `terminate` (`rehire`, a misspelling, a non-string): HR may have meant
+        /// to rehire this person, so the file's terminations of them are not
+        /// acted on (fail closed).
         rehire: bool,
     },
     /// A repeat of an earlier record (same idempotency key and userId),
@@ -586,10 +588,14 @@ impl<'a, F: FnMut(Entry) -> ControlFlow<()>> Sink<'a, F> {
             .as_ref()
             .and_then(|r| r.as_ref().ok())
             .cloned();
-        let rehire = matches!(
-            &fields.action,
-            Some(Ok(a)) if a.trim().eq_ignore_ascii_case("rehire")
-        );
+        // Fail closed: a rejected record whose action is there but is not a
+        // plain "terminate" ("rehire", "re-hire", "rehired", an array, a repeated
+        // key) may be HR's rehire of this person.
+        let rehire = match &fields.action {
+            Some(Ok(a)) => !a.trim().eq_ignore_ascii_case("terminate"),
+            Some(Err(_)) => true,
+            None => false,
+        };
         match build_record(fields) {
             Err(reason) => self.rejected(position, raw_external_id, reason, rehire),
             Ok(record) => {
@@ -1230,10 +1236,11 @@ mod tests {
         assert_eq!((withdrawn.index, withdrawn.effective_at), (9, None));
     }
 
-    /// The reader marks a rejected record that says `"action": "rehire"`.
+    /// The reader marks a rejected record whose action may be a rehire: any
+    /// action but a plain `terminate`, misspelt or not a string.
     #[test]
     fn a_rejected_rehire_record_is_marked() {
-        let input = "{\"externalId\":\"P3\",\"terminationDate\":\"11/05/2026\",\"action\":\"rehire\"}\n{\"externalId\":\"P4\",\"terminationDate\":\"11/05/2026\"}\n";
+        let input = "{\"externalId\":\"P3\",\"terminationDate\":\"11/05/2026\",\"action\":\"rehire\"}\n{\"externalId\":\"P4\",\"terminationDate\":\"11/05/2026\"}\n{\"externalId\":\"P5\",\"terminationDate\":\"2026-10-01\",\"action\":\"re-hire\"}\n{\"externalId\":\"P6\",\"terminationDate\":\"2026-10-01\",\"action\":[\"rehire\"]}\n{\"externalId\":\"P7\",\"terminationDate\":\"11/05/2026\",\"action\":\"Terminate\"}\n";
         let (_, entries) = collect(input, None).unwrap();
         let marks: Vec<(Option<String>, bool)> = entries
             .iter()
@@ -1250,7 +1257,10 @@ mod tests {
             marks,
             [
                 (Some("P3".to_owned()), true),
-                (Some("P4".to_owned()), false)
+                (Some("P4".to_owned()), false),
+                (Some("P5".to_owned()), true),
+                (Some("P6".to_owned()), true),
+                (Some("P7".to_owned()), false),
             ]
         );
     }

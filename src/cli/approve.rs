@@ -71,11 +71,12 @@ pub async fn approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
     let store = AuditStore::open(&args.audit).await.context("audit store")?;
     let aws = load_aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
-    let url = args
-        .aws
-        .terminations_queue_url
-        .as_deref()
-        .context("TERMINATIONS_QUEUE_URL is required")?;
+    let url = args.aws.terminations_queue_url.as_deref().ok_or(
+        deprovision::config::ConfigError::Missing {
+            name: "TERMINATIONS_QUEUE_URL",
+            why: "the terminations queue's URL",
+        },
+    )?;
     let queue = SqsQueue::connect(sqs, url)
         .await
         .context("terminations queue")?;

@@ -39,7 +39,7 @@ struct VerifyArgs {
     /// A head recorded earlier (the `row_hash` printed by `audit verify` or in a
     /// weekly report's footer): fail unless that row is still in the chain. A hash
     /// chain alone cannot show rows removed from its end.
-    #[arg(long, value_name = "ROW_HASH")]
+    #[arg(long, value_name = "ROW_HASH", value_parser = parse_row_hash)]
     expect_head: Option<String>,
     /// A row count recorded earlier: fail if the log now holds fewer rows.
     #[arg(long, value_name = "N")]
@@ -155,5 +155,16 @@ fn head_text(report: &deprovision::audit::VerifyReport) -> String {
     match &report.head {
         Some((id, hash)) => format!("row {id} with row_hash {hash}, {} rows", report.rows),
         None => "no row: the log is empty".to_owned(),
+    }
+}
+
+/// `--expect-head`: a row hash is 64 hex digits (SHA-256); anything else is a
+/// typo, not evidence that rows were removed. Lowercased, as the chain stores it.
+fn parse_row_hash(raw: &str) -> Result<String, String> {
+    let hash = raw.trim().to_ascii_lowercase();
+    if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hash)
+    } else {
+        Err("a row hash is 64 hex digits (the row_hash `audit verify` prints)".to_owned())
     }
 }

@@ -78,11 +78,12 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     let signing = args.signing.auth(false)?;
     let limits = args.breaker.limits()?;
     let sqs = aws_sdk_sqs::Client::new(&aws);
-    let url = args
-        .aws
-        .terminations_queue_url
-        .as_deref()
-        .context("TERMINATIONS_QUEUE_URL is required")?;
+    let url = args.aws.terminations_queue_url.as_deref().ok_or(
+        deprovision::config::ConfigError::Missing {
+            name: "TERMINATIONS_QUEUE_URL",
+            why: "the terminations queue's URL",
+        },
+    )?;
     let queue = SqsQueue::connect(sqs, url)
         .await
         .context("terminations queue")?;

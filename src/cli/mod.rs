@@ -186,7 +186,10 @@ pub fn usage_error(e: &clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(var) = env_source(e) {
-        eprintln!(
+        use std::io::Write;
+        // A closed stderr must not turn the usage error into a panic (exit 101).
+        let _ = writeln!(
+            std::io::stderr(),
             "note: that value comes from the environment variable {var} (or .env), not from the command line"
         );
     }

@@ -23,8 +23,8 @@ use deprovision::queue::sqs::load_aws_config;
 /// Flags of `deprovision replay-dlq`.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// Replay at most this many messages.
-    #[arg(long)]
+    /// Replay at most this many messages (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub max: Option<u64>,
     /// Replay only messages dead-lettered for this reason: a reason the
     /// consumer writes (`forbidden`, `failed`, `bad_signature`, …; `unknown` for

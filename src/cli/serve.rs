@@ -106,10 +106,13 @@ pub async fn termination_queues(
     sqs: &aws_sdk_sqs::Client,
     aws: &AwsArgs,
 ) -> anyhow::Result<(SqsQueue, SqsQueue)> {
-    let url = aws
-        .terminations_queue_url
-        .as_deref()
-        .context("TERMINATIONS_QUEUE_URL is required")?;
+    let url =
+        aws.terminations_queue_url
+            .as_deref()
+            .ok_or(deprovision::config::ConfigError::Missing {
+                name: "TERMINATIONS_QUEUE_URL",
+                why: "the terminations queue's URL",
+            })?;
     let terminations = SqsQueue::connect(sqs.clone(), url)
         .await
         .context("terminations queue")?;

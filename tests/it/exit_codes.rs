@@ -271,3 +271,53 @@ async fn a_refused_login_at_start_up_exits_1() {
     assert_eq!(sim.stats().count(ResourceKind::Users, "PATCH"), 0);
     assert!(sim.users_by_external_id("EC0001")[0].active);
 }
+
+/// The third tester's cases: a malformed `--expect-head` is a usage error, not
+/// evidence of removed rows; `replay-dlq --max 0` is refused; `approve` without
+/// `TERMINATIONS_QUEUE_URL` is a configuration error; a closed standard error
+/// never turns an error into a panic (exit 101).
+#[tokio::test]
+async fn operator_typos_and_a_closed_stderr_get_the_documented_status() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let migrated = run_with(dir.path(), &[("DATABASE_URL", &db)], &["migrate"]).await;
+    assert_eq!(migrated.0, Some(0), "{migrated:?}");
+    let got = run_with(
+        dir.path(),
+        &[("DATABASE_URL", &db)],
+        &["audit", "verify", "--expect-head", "deadbeef"],
+    )
+    .await;
+    expect("--expect-head deadbeef", got, 64, &["64 hex digits"]);
+    let got = run_with(dir.path(), &[], &["replay-dlq", "--max", "0"]).await;
+    expect("--max 0", got, 64, &["--max"]);
+    let got = run_with(
+        dir.path(),
+        &[("DATABASE_URL", &db), ("MESSAGE_SIGNING", "off")],
+        &["approve", "86dab6a5d3c62346", "--by", "bob"],
+    )
+    .await;
+    expect(
+        "approve without a queue",
+        got,
+        78,
+        &["TERMINATIONS_QUEUE_URL"],
+    );
+
+    // Standard error closed before the error is written.
+    let status = std::process::Command::new(bin())
+        .args(["user", "--external-id", "E1"])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GENESYS_API_URL", "http://[bad")
+        .stdout(std::process::Stdio::null())
+        .stderr({
+            let (reader, writer) = std::io::pipe().expect("pipe");
+            drop(reader);
+            writer
+        })
+        .status()
+        .expect("run deprovision");
+    assert_eq!(status.code(), Some(64), "no panic on a closed stderr");
+}

@@ -922,24 +922,25 @@ async fn a_due_termination_with_a_later_rehire_in_the_file_is_never_deactivated(
     }
 }
 
-/// A rehire record the reader rejects (an ambiguous date, a missing date) still
-/// says HR meant to rehire the person: the file's terminations of them are
+/// A rehire record the reader rejects (an ambiguous date, a missing date, a
+/// misspelt action such as `re-hire`) still says HR may have meant to rehire the
+/// person: the file's terminations of them are
 /// rescinded for review, not carried out; others proceed.
 #[tokio::test]
 async fn a_rejected_rehire_record_withdraws_the_persons_termination() {
-    let body = "externalId,terminationDate,action\nRJ03,2026-11-01,terminate\nRJ03,11/05/2026,rehire\nRJ07,2026-11-01,terminate\nRJ07,,rehire\nRJ08,2026-11-01,terminate\n";
+    let body = "externalId,terminationDate,action\nRJ03,2026-11-01,terminate\nRJ03,11/05/2026,rehire\nRJ07,2026-11-01,terminate\nRJ07,,rehire\nRJ08,2026-11-01,terminate\nRJ09,2026-11-01,terminate\nRJ09,2026-10-01,re-hire\n";
     let dir = tempfile::tempdir().expect("temp dir");
     let (store, status, out) = sandbox_run(&dir, body, &["--format", "json"]).await;
     assert!(status.success(), "{out}");
     let summary: serde_json::Value = serde_json::from_str(&out).expect("summary JSON");
     assert_eq!(
         summary["tally"]["outcomes"],
-        serde_json::json!([["deactivated", 1], ["rescinded", 2]]),
+        serde_json::json!([["deactivated", 1], ["rescinded", 3]]),
         "{out}"
     );
-    assert_eq!(summary["manifest"]["summary"]["rejected"], 2, "{out}");
+    assert_eq!(summary["manifest"]["summary"]["rejected"], 3, "{out}");
     let rows = store.termination_rows(None, None).await.expect("rows");
-    for who in ["RJ03", "RJ07"] {
+    for who in ["RJ03", "RJ07", "RJ09"] {
         let row = rows
             .iter()
             .find(|r| {
