@@ -46,6 +46,7 @@ use crate::queue::{
     MAX_BATCH, MAX_DELAY, MAX_VISIBILITY, OutgoingMessage, Queue, QueueError, ReceivedMessage,
     TerminationMessage, attr, truncate,
 };
+use crate::signing::SignatureError;
 
 /// The two audit-store operations the pipeline needs (implemented by the audit
 /// store; tests use fakes). Append-only: there is no update.
@@ -358,6 +359,12 @@ fn termination_span(message: &ReceivedMessage) -> tracing::Span {
         &message.attributes,
         message.sent_at,
     )
+}
+
+/// `Some("bad_signature")` when the signature check failed: such a message is
+/// counted in `deprovision_messages_rejected_total`, not as a termination.
+fn rejected_reason(authentic: &Result<(), SignatureError>) -> Option<&'static str> {
+    authentic.is_err().then_some(crate::signing::BAD_SIGNATURE)
 }
 
 /// Closes a termination's span: its outcome counted (or, when `rejected`
@@ -708,11 +715,15 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Consumer<Q, E, A> {
         lock(&self.shared.inflight)
             .insert(message.message_id.clone(), message.receipt_handle.clone());
         let span = termination_span(&message);
-        let step = self.shared.step(&message).instrument(span.clone()).await;
+        let authentic = self.shared.authentic(&message);
+        let step = self
+            .shared
+            .step(&message, &authentic)
+            .instrument(span.clone())
+            .await;
         lock(&self.shared.inflight).remove(&message.message_id);
         self.shared.tally.record(&step);
-        let rejected = self.shared.rejected_reason(&message);
-        finish(&span, &message, &step, rejected);
+        finish(&span, &message, &step, rejected_reason(&authentic));
         step
     }
 
@@ -769,26 +780,24 @@ fn raw_external_id(body: &str) -> Option<String> {
 }
 
 impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
-    /// `Some("bad_signature")` when `message` fails signature verification (the
-    /// check `step` starts with; HMAC over a small body, so repeating it is cheaper
-    /// than threading a flag through every step): such a message is counted in
-    /// `deprovision_messages_rejected_total`, not as a termination.
-    fn rejected_reason(&self, message: &ReceivedMessage) -> Option<&'static str> {
+    /// The message's signature check (once per message: `step` acts on it and
+    /// `finish` counts a failure as a rejected message, not a termination).
+    fn authentic(&self, message: &ReceivedMessage) -> Result<(), SignatureError> {
         self.options
             .signing
             .verify(&message.body, &message.attributes)
-            .is_err()
-            .then_some(crate::signing::BAD_SIGNATURE)
+            .map(|_| ())
     }
 
     /// One message, in its worker task: the step, with the visibility extended
     /// while it runs.
     async fn work(self: Arc<Self>, message: ReceivedMessage, permit: OwnedSemaphorePermit) {
         let span = termination_span(&message);
+        let authentic = self.authentic(&message);
         let step = async {
             tokio::select! {
                 biased;
-                step = self.step(&message) => step,
+                step = self.step(&message, &authentic) => step,
                 never = self.extend_visibility(&message.message_id) => match never {},
             }
         }
@@ -796,8 +805,7 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
         .await;
         lock(&self.inflight).remove(&message.message_id);
         self.tally.record(&step);
-        let rejected = self.rejected_reason(&message);
-        finish(&span, &message, &step, rejected);
+        finish(&span, &message, &step, rejected_reason(&authentic));
         drop(permit);
     }
 
@@ -834,16 +842,17 @@ impl<Q: Queue, E: Deprovision + 'static, A: HoldSink> Shared<Q, E, A> {
             .is_some_and(|max| message.receive_count >= max)
     }
 
-    /// The decisions for one message.
-    async fn step(&self, message: &ReceivedMessage) -> Step {
+    /// The decisions for one message, whose signature check came out as
+    /// `authentic`.
+    async fn step(
+        &self,
+        message: &ReceivedMessage,
+        authentic: &Result<(), SignatureError>,
+    ) -> Step {
         let started = Instant::now();
         // Authenticity first: nothing in an unauthentic body is trusted, not even
         // for the idempotency check.
-        if let Err(e) = self
-            .options
-            .signing
-            .verify(&message.body, &message.attributes)
-        {
+        if let Err(e) = authentic {
             tracing::error!(error = %e, "termination message failed signature verification; dead-lettering without acting");
             // Evidence of the attempt, but not a termination: the action
             // `reject_message` keeps the row out of the reports (it is in
