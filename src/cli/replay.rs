@@ -134,23 +134,10 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 
 /// Text from a dead-lettered message (its body and attributes are untrusted: a
 /// forgery is listed too) as one printable line of at most 300 characters:
-/// control characters escaped (`\n`, `\u{1b}`), so that it cannot fake lines of
-/// this report or drive the terminal.
+/// control characters escaped (`report::escape_control`), so that it cannot
+/// fake lines of this report or drive the terminal.
 fn shown(text: &str) -> String {
-    const MAX: usize = 300;
-    let mut out = String::with_capacity(text.len().min(MAX));
-    for (i, c) in text.chars().enumerate() {
-        if i == MAX {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    deprovision::queue::truncate(&deprovision::report::escape_control(text), 300)
 }
 
 #[cfg(test)]
