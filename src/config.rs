@@ -255,18 +255,25 @@ fn check_line(body: &str) -> Result<Vec<(String, String)>, ()> {
 /// the value with leading blanks removed; `None` for anything else (blank,
 /// comment, malformed).
 fn split_assignment(line: &str) -> Option<(&str, &str)> {
-    let mut rest = line.trim_start();
+    let rest = line.trim_start();
     if rest.is_empty() || rest.starts_with('#') {
         return None;
     }
+    let (key, value) = assignment(rest)?;
+    well_formed_name(key).then_some((key, value.trim_start()))
+}
+
+/// `(name, value)` around the first `=` of `[export ]NAME=value`, the name
+/// trimmed, whatever the name is; `None` without an `=`.
+fn assignment(line: &str) -> Option<(&str, &str)> {
+    let mut rest = line.trim_start();
     if let Some(after) = rest.strip_prefix("export")
         && after.starts_with(char::is_whitespace)
     {
         rest = after.trim_start();
     }
     let (key, value) = rest.split_once('=')?;
-    let key = key.trim_end();
-    well_formed_name(key).then_some((key, value.trim_start()))
+    Some((key.trim_end(), value))
 }
 
 /// A variable name as dotenvy accepts it: letters, digits, `_`, `.`; not
@@ -278,35 +285,65 @@ fn well_formed_name(key: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
 }
 
+/// Where a character of a `.env` value stands as dotenvy 0.15's `parse_value`
+/// reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    /// Right after a backslash outside single quotes.
+    Escaped,
+    /// Inside single quotes (literal).
+    Single,
+    /// Inside double quotes.
+    Double,
+    /// Unquoted.
+    Bare,
+}
+
+/// Walks `value` as dotenvy 0.15's `parse_value` does, calling `visit` with each
+/// character's byte offset, the character and where it stands; stops with the
+/// first `Some` from `visit`. Otherwise returns `Err` with the state at the end:
+/// an open quote, or `Escaped` for a trailing backslash in unquoted text. The
+/// one quoting state machine the `.env` checks share.
+fn walk_value<T>(
+    value: &str,
+    mut visit: impl FnMut(usize, char, Quoting) -> Option<T>,
+) -> Result<T, Quoting> {
+    let mut state = Quoting::Bare;
+    let mut escaped_from = Quoting::Bare;
+    for (i, c) in value.char_indices() {
+        if let Some(found) = visit(i, c, state) {
+            return Ok(found);
+        }
+        state = match (state, c) {
+            (Quoting::Escaped, _) => escaped_from,
+            (Quoting::Single, '\'') => Quoting::Bare,
+            (Quoting::Double, '"') => Quoting::Bare,
+            (Quoting::Bare, '\'') => Quoting::Single,
+            (Quoting::Bare, '"') => Quoting::Double,
+            (from @ (Quoting::Bare | Quoting::Double), '\\') => {
+                escaped_from = from;
+                Quoting::Escaped
+            }
+            (same, _) => same,
+        };
+    }
+    // A backslash last inside double quotes leaves the quote open.
+    Err(match (state, escaped_from) {
+        (Quoting::Escaped, Quoting::Double) => Quoting::Double,
+        _ => state,
+    })
+}
+
 /// True when dotenvy 0.15's `parse_value` would substitute a variable in
 /// `value`: an unescaped `$` outside single quotes, before the value ends (an
 /// unquoted blank ends it; what follows is a comment or a refused line).
 fn has_substitution(value: &str) -> bool {
-    let (mut strong, mut weak, mut escaped) = (false, false, false);
-    for c in value.chars() {
-        if escaped {
-            escaped = false;
-        } else if strong {
-            strong = c != '\'';
-        } else if c == '$' {
-            return true;
-        } else if weak {
-            match c {
-                '"' => weak = false,
-                '\\' => escaped = true,
-                _ => {}
-            }
-        } else {
-            match c {
-                '\'' => strong = true,
-                '"' => weak = true,
-                '\\' => escaped = true,
-                ' ' | '\t' => return false,
-                _ => {}
-            }
-        }
-    }
-    false
+    walk_value(value, |_, c, at| match (c, at) {
+        ('$', Quoting::Double | Quoting::Bare) => Some(true),
+        (' ' | '\t', Quoting::Bare) => Some(false),
+        _ => None,
+    })
+    .unwrap_or(false)
 }
 
 /// For a value dotenvy accepted: the problem when it is not one quoted or one
@@ -359,16 +396,9 @@ fn joined_value(value: &str) -> Option<DotenvProblem> {
 /// Why dotenvy refused `line`, and the variable it sets if its name is
 /// well-formed. Only called on lines the parser refused.
 fn diagnose_dotenv_line(line: &str) -> (Option<String>, DotenvProblem) {
-    let mut rest = line.trim_start();
-    if let Some(after) = rest.strip_prefix("export")
-        && after.starts_with(char::is_whitespace)
-    {
-        rest = after.trim_start();
-    }
-    let Some((key, value)) = rest.split_once('=') else {
+    let Some((key, value)) = assignment(line) else {
         return (None, DotenvProblem::NotAssignment);
     };
-    let key = key.trim_end();
     if !well_formed_name(key) {
         return (None, DotenvProblem::BadName);
     }
@@ -379,48 +409,26 @@ fn diagnose_dotenv_line(line: &str) -> (Option<String>, DotenvProblem) {
 /// thing it would refuse. Substitution is refused before dotenvy runs, so a
 /// value reaching here has no `$` outside single quotes.
 fn diagnose_value(value: &str) -> DotenvProblem {
-    let (mut strong, mut weak, mut escaped) = (false, false, false);
-    let mut ended = false;
-    for c in value.chars() {
-        if ended {
-            if c == ' ' || c == '\t' {
-                continue;
-            }
-            return if c == '#' {
+    let found = walk_value(value, |i, c, at| match at {
+        Quoting::Escaped if !matches!(c, '\\' | '\'' | '"' | '$' | ' ' | 'n') => {
+            Some(DotenvProblem::BadEscape)
+        }
+        // An unquoted blank ends the value: only blanks or a comment may follow.
+        Quoting::Bare if c == ' ' || c == '\t' => {
+            let rest = value[i..].trim_start();
+            Some(if rest.is_empty() || rest.starts_with('#') {
                 DotenvProblem::Unparseable
             } else {
                 DotenvProblem::SpaceInValue
-            };
+            })
         }
-        if escaped {
-            if !matches!(c, '\\' | '\'' | '"' | '$' | ' ' | 'n') {
-                return DotenvProblem::BadEscape;
-            }
-            escaped = false;
-        } else if strong {
-            strong = c != '\'';
-        } else if weak {
-            match c {
-                '"' => weak = false,
-                '\\' => escaped = true,
-                _ => {}
-            }
-        } else {
-            match c {
-                '\'' => strong = true,
-                '"' => weak = true,
-                '\\' => escaped = true,
-                ' ' | '\t' => ended = true,
-                _ => {}
-            }
-        }
-    }
-    if strong || weak {
-        DotenvProblem::UnclosedQuote
-    } else if escaped {
-        DotenvProblem::BadEscape
-    } else {
-        DotenvProblem::Unparseable
+        _ => None,
+    });
+    match found {
+        Ok(problem) => problem,
+        Err(Quoting::Single | Quoting::Double) => DotenvProblem::UnclosedQuote,
+        Err(Quoting::Escaped) => DotenvProblem::BadEscape,
+        Err(Quoting::Bare) => DotenvProblem::Unparseable,
     }
 }
 
