@@ -548,6 +548,20 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// README, "Rehires": within one manifest, whether the termination (record
+/// `termination_index`, effective `termination_at`) stands after a rehire of the
+/// same person (record `rehire_index`, effective `rehire_at`): only when it comes
+/// later in the file and takes effect after the rehire. The rule the dispatcher
+/// (`manifest::RehireIndex`) and the audit (`audit::ManifestRecord`) share.
+pub fn stands_after_rehire(
+    termination_index: u64,
+    termination_at: DateTime<Utc>,
+    rehire_index: u64,
+    rehire_at: DateTime<Utc>,
+) -> bool {
+    termination_index > rehire_index && termination_at > rehire_at
+}
+
 /// A rehire record later in, or dated at or after, the same manifest's
 /// termination of that person: the dispatcher finds it while reading the whole
 /// file, so that the termination is withdrawn whichever message a worker handles

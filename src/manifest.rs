@@ -128,7 +128,11 @@ impl RehireIndex {
         rehires
             .iter()
             .map(as_sent)
-            .filter(|r| r.index > index || r.effective_at.is_some_and(|e| e >= effective_at))
+            .filter(|r| {
+                r.effective_at.is_some_and(|rehire_at| {
+                    !crate::domain::stands_after_rehire(index, effective_at, r.index, rehire_at)
+                })
+            })
             .max_by_key(|r| r.index)
     }
 }

@@ -118,8 +118,11 @@ impl ManifestRecord<'_> {
         t.bucket == r.bucket
             && t.key == r.key
             && t.version.as_deref().unwrap_or("") == r.version.as_deref().unwrap_or("")
-            && matches!((t.index, r.index), (Some(ti), Some(ri)) if ti > ri)
-            && self.effective_at > rehire.effective_at
+            && matches!(
+                (t.index, r.index),
+                (Some(ti), Some(ri))
+                    if crate::domain::stands_after_rehire(ti, self.effective_at, ri, rehire.effective_at)
+            )
     }
 
     /// The record's index as the queries bind it: `missing` when unknown, so
