@@ -397,6 +397,41 @@ pub struct PlanRejection {
     pub at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+impl PlanBreaker {
+    /// The verdict of [`crate::breaker::Breaker::preview`] on manifest
+    /// `manifest_id` with `terminations` counted, for a run given `--approve`
+    /// or not: would it hold, why, the active users counted, and who rejected
+    /// it; a failed preview gives `wouldHold: null` and the error as `reason`.
+    /// Shared by `run --dry-run` and `dispatch --dry-run`.
+    pub fn from_preview(
+        manifest_id: &str,
+        terminations: u64,
+        approved: bool,
+        preview: &Result<crate::breaker::Preview, crate::breaker::BreakerError>,
+    ) -> Self {
+        match preview {
+            Ok(p) => Self {
+                terminations,
+                would_hold: Some(p.hold.is_some()),
+                reason: p.hold.clone(),
+                active_users: p.active_users,
+                approved,
+                rejected: p.rejected().map(|r| PlanRejection {
+                    manifest_id: manifest_id.to_owned(),
+                    by: r.decided_by.clone(),
+                    at: r.decided_at,
+                }),
+            },
+            Err(e) => Self {
+                terminations,
+                reason: Some(format!("could not assess: {e}")),
+                approved,
+                ..Self::default()
+            },
+        }
+    }
+}
+
 impl PlanDocument {
     /// Builds the plan from the dispatcher's report and every decision.
     pub fn new(

@@ -15,6 +15,7 @@ use deprovision::audit::AuditStore;
 use deprovision::breaker::Breaker;
 use deprovision::config::{AuditArgs, AwsArgs, BreakerArgs, PolicyArgs, ScimArgs, SigningArgs};
 use deprovision::dispatch::{DispatchOptions, Dispatcher, ManifestSource, s3_client};
+use deprovision::plan::PlanBreaker;
 use deprovision::queue::sqs::load_aws_config;
 use deprovision::queue::{MemoryQueue, SqsQueue};
 
@@ -209,25 +210,14 @@ async fn would_hold(
             (None, Some(format!("{e:#}")))
         }
     };
+    let share_checked = share_note.is_none() && limits.checks_share();
     let breaker = Breaker::new(limits, scim, audit.clone());
-    match breaker.preview(manifest_id, terminations).await {
-        Ok(p) => serde_json::json!({
-            "wouldHold": p.hold.is_some(),
-            "reason": p.hold,
-            "terminations": terminations,
-            "activeUsers": p.active_users,
-            "shareChecked": share_note.is_none(),
-            "shareNotChecked": share_note,
-            "rejected": p.rejected().map(|r| serde_json::json!({
-                "manifestId": manifest_id,
-                "by": r.decided_by,
-                "at": r.decided_at,
-            })),
-        }),
-        Err(e) => serde_json::json!({
-            "wouldHold": null,
-            "reason": format!("could not assess: {e}"),
-            "terminations": terminations,
-        }),
+    let preview = breaker.preview(manifest_id, terminations).await;
+    let verdict = PlanBreaker::from_preview(manifest_id, terminations, false, &preview);
+    let mut value = serde_json::to_value(verdict).unwrap_or_default();
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("shareChecked".into(), share_checked.into());
+        obj.insert("shareNotChecked".into(), share_note.into());
     }
+    value
 }

@@ -36,9 +36,7 @@ use deprovision::dispatch::{
 };
 use deprovision::domain::Outcome;
 use deprovision::engine::Engine;
-use deprovision::plan::{
-    Decision, Journal, PlanBreaker, PlanDocument, PlanRejection, PlanSettings, would_label,
-};
+use deprovision::plan::{Decision, Journal, PlanBreaker, PlanDocument, PlanSettings, would_label};
 use deprovision::queue::sqs::load_aws_config;
 use deprovision::queue::{MemoryQueue, TerminationMessage, attr};
 use deprovision::release::{Releaser, ReleaserOptions};
@@ -422,9 +420,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     if args.dry_run {
         let id = report.manifest_id.clone().unwrap_or_default();
-        match breaker.preview(&id, report.terminations).await {
-            Ok(preview) => {
-                if let Some(rejected) = preview.rejected() {
+        let preview = breaker.preview(&id, report.terminations).await;
+        breaker_verdict =
+            PlanBreaker::from_preview(&id, report.terminations, args.approve, &preview);
+        match &preview {
+            Ok(p) => {
+                if let Some(rejected) = p.rejected() {
                     eprintln!(
                         "dry run: this content (manifest {id}) was rejected by {} at {}; a real run refuses it, even with --approve",
                         rejected.decided_by.as_deref().unwrap_or("unknown"),
@@ -432,26 +433,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                             .decided_at
                             .map_or_else(|| "an unknown time".to_owned(), |t| t.to_rfc3339())
                     );
-                    breaker_verdict.rejected = Some(PlanRejection {
-                        manifest_id: id.clone(),
-                        by: rejected.decided_by.clone(),
-                        at: rejected.decided_at,
-                    });
-                } else if let (Some(reason), false) = (&preview.hold, args.approve) {
+                } else if let (Some(reason), false) = (&p.hold, args.approve) {
                     eprintln!(
                         "dry run: a real run would be held by the mass-deactivation breaker ({reason}); it would need --approve"
                     );
                 }
-                breaker_verdict.would_hold = Some(preview.hold.is_some());
-                breaker_verdict.reason = preview.hold;
-                breaker_verdict.active_users = preview.active_users;
             }
-            Err(e) => {
-                eprintln!(
-                    "dry run: the mass-deactivation breaker could not assess this manifest: {e}"
-                );
-                breaker_verdict.reason = Some(format!("could not assess: {e}"));
-            }
+            Err(e) => eprintln!(
+                "dry run: the mass-deactivation breaker could not assess this manifest: {e}"
+            ),
         }
     }
 
